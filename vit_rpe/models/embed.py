@@ -1,0 +1,107 @@
+"""Patch embeddings (image -> token grid) and position embeddings (token grid -> + position)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    h, w = x
+    return (int(h), int(w))
+
+
+class LinearPatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patches and project each one linearly.
+
+    A strided convolution is exactly "flatten each patch, multiply by a matrix", and it is the
+    fastest way to do it on every backend.
+    """
+
+    def __init__(self, img_size, patch_size, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        for size, patch, axis in zip(self.img_size, self.patch_size, ("height", "width")):
+            if size % patch:
+                raise ValueError(
+                    f"patch_size {patch} does not divide the image {axis} {size}: "
+                    f"choose model.net.patch_size among {divisors(size)}"
+                )
+        self.grid_size = (
+            self.img_size[0] // self.patch_size[0],
+            self.img_size[1] // self.patch_size[1],
+        )
+        self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # [B, D, Hg, Wg]
+        return x.flatten(2).transpose(1, 2)  # [B, Hg*Wg, D]
+
+
+class ConvStemPatchEmbed(nn.Module):
+    """A small CNN that turns the image into the token grid (the seeds' "CNN projection").
+
+    Stride-2 3x3 convolutions (BatchNorm + ReLU) halve the resolution until the total stride
+    equals ``patch_size``; a final 1x1 convolution maps to ``embed_dim`` (Xiao et al., 2021).
+    With ``patch_size=1`` it is a stack of stride-1 convolutions that keeps every pixel a token.
+    """
+
+    def __init__(self, img_size, patch_size, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        if self.patch_size[0] != self.patch_size[1]:
+            raise ValueError("the conv_stem patch embedding needs a square patch_size")
+        stride = self.patch_size[0]
+        if stride & (stride - 1):
+            raise ValueError(
+                f"patch_embed=conv_stem needs a power-of-two patch_size, got {stride}: "
+                "use 1, 2, 4, 8, 16 or patch_embed=linear"
+            )
+        LinearPatchEmbed(img_size, patch_size, in_chans, 1)  # same divisibility check and message
+        self.grid_size = (self.img_size[0] // stride, self.img_size[1] // stride)
+
+        num_down = int(math.log2(stride))
+        widths = [max(embed_dim // 2 ** (num_down - i), 16) for i in range(max(num_down, 1))]
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for i, width in enumerate(widths):
+            step = 2 if i < num_down else 1
+            layers += [
+                nn.Conv2d(channels, width, 3, stride=step, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        layers.append(nn.Conv2d(channels, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, Hg*Wg, D]
+
+
+PATCH_EMBEDS = {"linear": LinearPatchEmbed, "conv_stem": ConvStemPatchEmbed}
+
+
+def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding [Hg*Wg, dim] (MAE / "simple ViT" style).
+
+    A quarter of the channels encode sin(y), cos(y), sin(x), cos(x) at geometric frequencies.
+    """
+    if dim % 4:
+        raise ValueError(f"pos_embed=sincos2d needs embed_dim divisible by 4, got {dim}")
+    h, w = grid_size
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1).float()
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

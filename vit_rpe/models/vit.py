@@ -1,0 +1,194 @@
+"""The from-scratch Vision Transformer: embed -> pre-norm blocks -> pool -> head.
+
+One constructor with timm's argument names; the attention kernel and the relative position
+encoding are chosen by name, so every combination is the same model class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
+from vit_rpe.models.embed import PATCH_EMBEDS, sincos_2d
+from vit_rpe.models.rpe import build_rpe
+
+POS_EMBEDS = ("learned", "sincos2d", "none")
+POOLS = ("cls", "mean")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__(
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(drop),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(drop),
+        )
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, dim: int, mlp_ratio: float, attn: MultiHeadSelfAttention, drop: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """Images [B, C, H, W] -> logits [B, num_classes].
+
+    ``attention`` names the kernel (softmax, performer, linear) and ``attention_kwargs`` its
+    options; ``rpe`` names the relative position mask family and ``rpe_kwargs`` its options
+    (distance, impl). Each block gets its own kernel and mask parameters.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        patch_embed: str = "linear",
+        pos_embed: str = "learned",
+        pool: str = "cls",
+        attention: str = "softmax",
+        attention_kwargs: dict[str, Any] | None = None,
+        rpe: str | None = "none",
+        rpe_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        check_choice("patch_embed", patch_embed, PATCH_EMBEDS)
+        check_choice("pos_embed", pos_embed, POS_EMBEDS)
+        check_choice("pool", pool, POOLS)
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: "
+                "change model.net.embed_dim or model.net.num_heads"
+            )
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.pool = pool
+        self.num_prefix_tokens = 1 if pool == "cls" else 0
+
+        self.patch_embed = PATCH_EMBEDS[patch_embed](img_size, patch_size, in_chans, embed_dim)
+        self.grid_size = self.patch_embed.grid_size
+        num_patches = self.grid_size[0] * self.grid_size[1]
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if pool == "cls" else None
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
+        else:
+            self.pos_embed = None
+        if pos_embed == "sincos2d":
+            self.register_buffer("pos_embed_fixed", sincos_2d(self.grid_size, embed_dim)[None], persistent=False)
+        else:
+            self.pos_embed_fixed = None
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        head_dim = embed_dim // num_heads
+        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                mlp_ratio,
+                MultiHeadSelfAttention(
+                    embed_dim,
+                    num_heads,
+                    kernel=build_kernel(attention, head_dim, attn_drop=attn_drop_rate, **(attention_kwargs or {})),
+                    rpe=build_rpe(
+                        rpe,
+                        self.grid_size,
+                        num_heads,
+                        num_prefix_tokens=self.num_prefix_tokens,
+                        **(rpe_kwargs or {}),
+                    ),
+                    qkv_bias=qkv_bias,
+                    proj_drop=drop_rate,
+                ),
+                drop=drop_rate,
+                drop_path=dp,
+            )
+            for dp in drop_paths
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay (timm's convention), besides norms and biases."""
+        return {name for name in ("pos_embed", "cls_token") if getattr(self, name) is not None}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # [B, N, D]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        if self.pos_embed_fixed is not None:
+            x = x + self.pos_embed_fixed.to(x.dtype)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+N, D]
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+        return self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}: set model.net.{name} to one of {sorted(choices)}")
