@@ -2,37 +2,273 @@
 
 Every kernel has one signature, ``kernel(q, k, v, rpe=None) -> out`` with q, k, v and out of
 shape [B, H, L, d], so softmax, Performer and linear attention, each with or without a relative
-position mask, are swapped by name and tested against one dense reference.
+position mask, are swapped by name and tested against one dense reference,
+``kernel.attention_matrix(q, k, rpe)`` [B, H, L, L] (used for plots, never in training).
+
+With a mask M (see rpe.py) every kernel computes out_i = sum_j M_ij A_ij v_j / sum_j M_ij A_ij:
+softmax adds log M to the scores; the feature-map kernels (A_ij = phi(q_i).phi(k_j)) apply M to
+Z_j = phi(k_j) (x) [v_j, 1] and read numerator and the row-specific denominator off phi(q_i).(M Z)_i.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vit_rpe.utils.errors import ConfigError
+
+try:  # fused on-the-fly bias for CUDA; CPU flex attention has no backward, so SDPA is used there
+    from torch.nn.attention.flex_attention import flex_attention
+except ImportError:  # pragma: no cover - older torch
+    flex_attention = None
+
+EPS = 1e-6
+_compiled_flex = None
+
+
+def _flex(*args, **kwargs):
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(*args, **kwargs)
+
 
 class SoftmaxAttention(nn.Module):
-    """softmax(q k^T / sqrt(d)) v through PyTorch's fused scaled_dot_product_attention."""
+    """softmax(q k^T / sqrt(d) + log M) v.
 
-    def __init__(self, head_dim: int, attn_drop: float = 0.0):
+    Without a mask: PyTorch's fused scaled_dot_product_attention. With one: on CUDA, flex
+    attention with a score_mod that looks the bias up from the [H, 2Hg-1, 2Wg-1] offset table
+    (nothing L x L is stored); elsewhere SDPA with log M as an additive [H, L, L] float mask,
+    broadcast over the batch.
+    """
+
+    def __init__(self, head_dim: int, attn_drop: float = 0.0, use_flex: bool = True):
         super().__init__()
+        self.scale = head_dim**-0.5
         self.attn_drop = attn_drop
+        self.use_flex = use_flex
 
     def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
-        if rpe is not None:
-            raise NotImplementedError("relative position encodings land with the attention issue")
         drop = self.attn_drop if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        if rpe is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        if q.is_cuda and flex_attention is not None and self.use_flex and drop == 0.0:
+            return _flex(q, k, v, score_mod=rpe_score_mod(rpe))
+        bias = rpe.log_mask().to(q.dtype)  # [H, L, L]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+
+    def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
+        scores = (q @ k.transpose(-2, -1)).float() * self.scale  # [B, H, L, L]
+        if rpe is not None:
+            scores = scores + rpe.log_mask().float()
+        return scores.softmax(-1)
 
 
-KERNELS: dict[str, type[nn.Module]] = {"softmax": SoftmaxAttention}
+def rpe_score_mod(rpe: nn.Module):
+    """A flex-attention score_mod adding log M[h, q, kv] computed from the offset table.
+
+    Untested here (no GPU on the development machine); the SDPA path is the reference.
+    """
+    table = rpe.log_mask_offsets()  # [H, 2Hg-1, 2Wg-1]
+    p = rpe.num_prefix_tokens
+    hg, wg = rpe.grid_size
+    cls = rpe.cls_logit if p else table.new_zeros(table.shape[0])
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        qi, ki = (q_idx - p).clamp(min=0), (kv_idx - p).clamp(min=0)
+        grid_bias = table[h, qi // wg - ki // wg + hg - 1, qi % wg - ki % wg + wg - 1]
+        bias = torch.where((q_idx < p) | (kv_idx < p), cls[h], grid_bias)
+        return score + bias.to(score.dtype)
+
+    return score_mod
+
+
+class FeatureMapAttention(nn.Module):
+    """Linear attention with positive features phi: out_i = phi(q_i).D_i / phi(q_i).d_i.
+
+    Without a mask D and d are global sums (O(L m d)); with a mask D = M Z, applied by the mask's
+    dense / kron / fft product. The feature math runs in fp32 outside autocast and denominators
+    are clamped at ``eps``, so half-precision training stays finite.
+    """
+
+    def __init__(self, head_dim: int, attn_drop: float = 0.0, eps: float = EPS):
+        super().__init__()
+        if attn_drop:
+            raise ConfigError(
+                f"{type(self).__name__} has no attention matrix to drop out: set model.net.attn_drop_rate=0"
+            )
+        self.head_dim = head_dim
+        self.eps = eps
+
+    def features(
+        self, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(q), phi(k): [B, H, L, m], positive."""
+        raise NotImplementedError
+
+    def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
+        dtype = q.dtype
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        with torch.autocast(q.device.type, enabled=False):
+            q, k, v = q.to(compute), k.to(compute), v.to(compute)
+            fq, fk = self.features(q, k)  # [B, H, L, m]
+            if rpe is None:
+                kv = fk.transpose(-2, -1) @ v  # [B, H, m, d]
+                num = fq @ kv  # [B, H, L, d]
+                den = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)  # [B, H, L, 1]
+            else:
+                b, h, n, m = fk.shape
+                v1 = F.pad(v, (0, 1), value=1.0)  # [B, H, L, d+1]
+                z = (fk[..., :, None] * v1[..., None, :]).reshape(
+                    b, h, n, -1
+                )  # [B, H, L, m(d+1)]
+                dz = rpe.apply(z).reshape(b, h, n, m, -1)  # [B, H, L, m, d+1]
+                out = torch.einsum("bhlm,bhlme->bhle", fq, dz)
+                num, den = out[..., :-1], out[..., -1:]
+            out = num / den.clamp_min(self.eps)
+        return out.to(dtype)
+
+    def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
+        """The dense, row-normalised M * (phi(q) phi(k)^T) this kernel implicitly applies."""
+        with torch.autocast(q.device.type, enabled=False):
+            fq, fk = self.features(q.float(), k.float())
+            a = fq @ fk.transpose(-2, -1)  # [B, H, L, L]
+            if rpe is not None:
+                a = a * rpe.mask().float()
+            return a / a.sum(-1, keepdim=True).clamp_min(self.eps)
+
+
+class LinearAttention(FeatureMapAttention):
+    """phi(x) = elu(x) + 1 (Katharopoulos et al., 2020)."""
+
+    def features(self, q, k):
+        return F.elu(q) + 1, F.elu(k) + 1
+
+
+def default_nb_features(head_dim: int) -> int:
+    return max(int(head_dim * math.log(head_dim)), 1) if head_dim > 1 else 1
+
+
+def orthogonal_gaussian(
+    nb_features: int, dim: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """[m, d] rows: orthogonal within each d x d block (QR of a gaussian), scaled to chi(d) norms."""
+    blocks = []
+    for _ in range(math.ceil(nb_features / dim)):
+        g = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(g)
+        blocks.append(
+            (q * torch.sign(torch.diagonal(r))).T
+        )  # sign fix: Haar-distributed rows
+    w = torch.cat(blocks)[:nb_features]
+    norms = torch.randn(
+        nb_features, dim, generator=generator, dtype=torch.float64
+    ).norm(dim=1)
+    return (w * norms[:, None]).float()
+
+
+class PerformerAttention(FeatureMapAttention):
+    """FAVOR+ (Choromanski et al., 2020): positive orthogonal random features.
+
+    phi(x) = exp(w.x - |x|^2/2) / sqrt(m) on x = q / d^(1/4) and k / d^(1/4), so that
+    E[phi(q).phi(k)] = exp(q.k / sqrt(d)). Stabilisers: queries subtract their own max over
+    features (cancels in the ratio); keys subtract ONE max over all keys and features of the head
+    (a common factor, so it cancels even with a row-specific RPE denominator).
+
+    The projection is a buffer, redrawn every ``redraw_interval`` training forward passes (0 =
+    never) and never in eval. Draws use a generator seeded by (seed, draw count), so every
+    process of a distributed run draws the same matrix.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        attn_drop: float = 0.0,
+        nb_features: int | None = None,
+        redraw_interval: int = 1000,
+        ortho: bool = True,
+        eps: float = EPS,
+    ):
+        super().__init__(head_dim, attn_drop, eps)
+        self.nb_features = nb_features or default_nb_features(head_dim)
+        self.redraw_interval = redraw_interval
+        self.ortho = ortho
+        # Plain ints (saved through get_extra_state): checking the schedule never syncs a GPU.
+        self.seed = int(torch.randint(0, 2**62, ()))
+        self.draws = 0
+        self.steps = 0
+        self.register_buffer("projection", self.draw(), persistent=True)
+
+    def extra_repr(self) -> str:
+        return f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}"
+
+    def get_extra_state(self) -> dict:
+        return {"seed": self.seed, "draws": self.draws, "steps": self.steps}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.seed, self.draws, self.steps = (
+            state["seed"],
+            state["draws"],
+            state["steps"],
+        )
+
+    def draw(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed + 7919 * self.draws)
+        if self.ortho:
+            return orthogonal_gaussian(self.nb_features, self.head_dim, gen)
+        return torch.randn(self.nb_features, self.head_dim, generator=gen)
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        self.draws += 1
+        self.projection.copy_(self.draw())
+
+    def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
+        if self.training and self.redraw_interval > 0:
+            self.steps += 1
+            if self.steps % self.redraw_interval == 0:
+                self.redraw()
+        return super().forward(q, k, v, rpe)
+
+    def features(self, q, k):
+        w = self.projection.to(q.dtype)  # [m, d]
+        q, k = q * self.head_dim**-0.25, k * self.head_dim**-0.25
+        wq, wk = q @ w.T, k @ w.T  # [B, H, L, m]
+        hq = (q * q).sum(-1, keepdim=True) / 2
+        hk = (k * k).sum(-1, keepdim=True) / 2
+        scale = self.nb_features**-0.5
+        fq = scale * (
+            torch.exp(wq - hq - wq.amax(-1, keepdim=True).detach()) + self.eps
+        )
+        fk = scale * (
+            torch.exp(wk - hk - wk.amax((-2, -1), keepdim=True).detach()) + self.eps
+        )
+        return fq, fk
+
+
+KERNELS: dict[str, type[nn.Module]] = {
+    "softmax": SoftmaxAttention,
+    "performer": PerformerAttention,
+    "linear": LinearAttention,
+}
 
 
 def build_kernel(name: str, head_dim: int, **kwargs) -> nn.Module:
+    """The kernel ``name`` for heads of size ``head_dim``; None-valued options take defaults."""
     if name not in KERNELS:
-        raise ValueError(f"unknown attention {name!r}: choose one of {sorted(KERNELS)}")
-    return KERNELS[name](head_dim, **kwargs)
+        raise ConfigError(
+            f"unknown attention {name!r}: choose one of {sorted(KERNELS)}"
+        )
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        return KERNELS[name](head_dim, **kwargs)
+    except TypeError as err:
+        raise ConfigError(
+            f"bad model.net.attention_kwargs for attention={name}: {err}"
+        ) from None
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -49,7 +285,7 @@ class MultiHeadSelfAttention(nn.Module):
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"embed_dim {dim} is not divisible by num_heads {num_heads}: "
                 "change model.net.embed_dim or model.net.num_heads"
             )
@@ -60,10 +296,20 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d]
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.heads(x)
         out = self.kernel(q, k, v, self.rpe)  # [B, H, L, d]
         out = out.transpose(1, 2).reshape(B, L, D)
         return self.proj_drop(self.proj(out))
+
+    @torch.no_grad()
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The [B, H, L, L] attention this layer applies to its input x [B, L, D] (for plots)."""
+        q, k, _ = self.heads(x)
+        return self.kernel.attention_matrix(q, k, self.rpe)

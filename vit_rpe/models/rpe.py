@@ -1,10 +1,335 @@
-"""Relative position encodings: positive multiplicative masks over the patch grid."""
+"""Relative position encodings: positive multiplicative masks over the patch grid.
+
+A mask M [heads, L, L] reweights attention, out_i = sum_j M_ij A_ij v_j / sum_j M_ij A_ij
+(Choromanski et al., 2021, arXiv:2107.07999). On the Hg x Wg grid M depends only on the offset
+between query and key, so each family defines one table: ``log_mask_offsets()`` [H, 2Hg-1, 2Wg-1],
+indexed by (dy + Hg - 1, dx + Wg - 1) with dy = y_query - y_key. Everything else derives from it:
+
+- ``mask()``: the dense [H, L, L] matrix, prefix (cls) rows and columns filled with a learned
+  positive scalar per head;
+- ``log_mask()``: its logarithm, the additive bias of softmax attention;
+- ``apply(z)``: the product M @ z for linear attention, computed ``dense`` (an L x L matmul, the
+  reference), ``kron`` (M = My (x) Mx for separable masks: one small matmul per grid axis) or
+  ``fft`` (a 2-D linear convolution of the grid with the offset table).
+
+Masks are exp(something real), so they are positive by construction.
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-FAMILIES = ("none",)
+FAMILIES = ("none", "general", "exp", "poly")
+DISTANCES = ("l1", "l2")
+IMPLS = ("auto", "dense", "kron", "fft")
+
+# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): below this
+# many grid tokens the dense L x L product is fastest; above it kron (separable masks) or fft.
+AUTO_DENSE_MAX_TOKENS = 64
+
+
+def inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+def offsets(n: int) -> torch.Tensor:
+    """The 2n-1 signed offsets -(n-1) .. n-1 along one axis, as floats."""
+    return torch.arange(-(n - 1), n, dtype=torch.float64)
+
+
+def offset_distance(grid_size: tuple[int, int], distance: str) -> torch.Tensor:
+    """Distance of every 2-D offset, [2Hg-1, 2Wg-1]."""
+    dy, dx = offsets(grid_size[0])[:, None], offsets(grid_size[1])[None, :]
+    if distance == "l1":
+        return dy.abs() + dx.abs()
+    return (dy**2 + dx**2).sqrt()
+
+
+def toeplitz_index(n: int) -> torch.Tensor:
+    """[n, n] index into a (2n-1)-long offset vector: entry (i, j) -> i - j + n - 1."""
+    i = torch.arange(n)
+    return i[:, None] - i[None, :] + n - 1
+
+
+def grid_index(grid_size: tuple[int, int]) -> torch.Tensor:
+    """[N, N] index into a flattened [2Hg-1, 2Wg-1] offset table for row-major grid tokens."""
+    hg, wg = grid_size
+    iy, ix = toeplitz_index(hg), toeplitz_index(wg)
+    return (iy[:, None, :, None] * (2 * wg - 1) + ix[None, :, None, :]).reshape(
+        hg * wg, hg * wg
+    )
+
+
+def fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: a size pocketfft and cuFFT handle fast."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+class RelativePositionMask(nn.Module):
+    """Base class: a per-head positive mask over a grid plus ``num_prefix_tokens`` cls tokens.
+
+    Subclasses define ``log_mask_offsets()``; separable ones also ``log_axis_offsets()``.
+    """
+
+    family = ""
+
+    def __init__(
+        self,
+        grid_size: tuple[int, int],
+        num_heads: int,
+        num_prefix_tokens: int = 0,
+        distance: str = "l1",
+        impl: str = "auto",
+    ):
+        super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(
+                f"unknown rpe.distance {distance!r}: choose one of {list(DISTANCES)}"
+            )
+        if impl not in IMPLS:
+            raise ValueError(f"unknown rpe.impl {impl!r}: choose one of {list(IMPLS)}")
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
+        self.num_heads = num_heads
+        self.num_prefix_tokens = num_prefix_tokens
+        self.distance = distance
+        self.separable = self.is_separable(distance)
+        if impl == "kron" and not self.separable:
+            raise ValueError(
+                f"rpe.impl=kron needs a separable mask (rpe=exp with rpe.distance=l1), "
+                f"but this is {self.describe()}: use rpe.impl=fft, dense or auto"
+            )
+        self.impl = self.resolve_impl(impl)
+        # The cls token has no grid position: its row and column get exp(cls_logit[h]).
+        self.cls_logit = (
+            nn.Parameter(torch.zeros(num_heads)) if num_prefix_tokens else None
+        )
+        hg, wg = self.grid_size
+        self.register_buffer("index", grid_index(self.grid_size), persistent=False)
+        self.register_buffer("y_index", toeplitz_index(hg), persistent=False)
+        self.register_buffer("x_index", toeplitz_index(wg), persistent=False)
+        self.register_buffer(
+            "distance_table",
+            offset_distance(self.grid_size, distance).float(),
+            persistent=False,
+        )
+
+    @classmethod
+    def is_separable(cls, distance: str) -> bool:
+        """Whether the grid mask factors as My (x) Mx, so that impl=kron applies."""
+        return False
+
+    def describe(self) -> str:
+        return f"rpe={type(self).family} with rpe.distance={self.distance}"
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, heads={self.num_heads}, distance={self.distance}, impl={self.impl}"
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+
+    def resolve_impl(self, impl: str) -> str:
+        """``auto``: dense for tiny grids, else kron when separable, else fft (see docs/attention.md)."""
+        if impl != "auto":
+            return impl
+        if self.grid_size[0] * self.grid_size[1] <= AUTO_DENSE_MAX_TOKENS:
+            return "dense"
+        return "kron" if self.separable else "fft"
+
+    # --- the one definition ---------------------------------------------------------------------
+    def log_mask_offsets(self) -> torch.Tensor:
+        """log M for every 2-D offset, [H, 2Hg-1, 2Wg-1]."""
+        raise NotImplementedError
+
+    def mask_offsets(self) -> torch.Tensor:
+        return self.log_mask_offsets().exp()
+
+    # --- derived views --------------------------------------------------------------------------
+    def log_mask(self) -> torch.Tensor:
+        """log M as a dense [H, L, L] matrix (prefix tokens first)."""
+        grid = self.log_mask_offsets().flatten(1)[:, self.index]  # [H, N, N]
+        p = self.num_prefix_tokens
+        if not p:
+            return grid
+        cls = self.cls_logit[:, None, None].to(grid.dtype)
+        out = F.pad(
+            grid, (p, 0, p, 0)
+        )  # [H, L, L], zeros in the prefix rows and columns
+        border = torch.ones_like(out, dtype=torch.bool)
+        border[:, p:, p:] = False
+        return torch.where(border, cls.expand_as(out), out)
+
+    def mask(self) -> torch.Tensor:
+        """The positive multiplicative mask M [H, L, L] this module applies."""
+        return self.log_mask().exp()
+
+    # --- M @ z ----------------------------------------------------------------------------------
+    def apply(self, z: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+        """M @ z for z [B, H, L, F] (any F), by the chosen implementation."""
+        impl = impl or self.impl
+        if impl == "dense":
+            return torch.matmul(self.mask().to(z.dtype), z)
+        if impl == "kron" and not self.separable:
+            raise ValueError(
+                f"impl=kron is not available for {self.describe()}: use fft or dense"
+            )
+        p = self.num_prefix_tokens
+        zp, zg = z[:, :, :p], z[:, :, p:]
+        hg, wg = self.grid_size
+        zg = zg.reshape(*z.shape[:2], hg, wg, z.shape[-1])  # [B, H, Hg, Wg, F]
+        out = self._kron(zg) if impl == "kron" else self._fft(zg)
+        out = out.flatten(2, 3)  # [B, H, N, F]
+        if not p:
+            return out
+        # Prefix rows and columns of M are all exp(cls_logit): rank-one corrections.
+        s = self.cls_logit.exp().to(z.dtype)[None, :, None, None]  # [1, H, 1, 1]
+        zp_sum = zp.sum(2, keepdim=True)  # [B, H, 1, F]
+        prefix_rows = s * (zp_sum + zg.sum((2, 3))[:, :, None])  # [B, H, 1, F]
+        return torch.cat([prefix_rows.expand(-1, -1, p, -1), out + s * zp_sum], dim=2)
+
+    def _kron(self, zg: torch.Tensor) -> torch.Tensor:
+        """M_grid = My (x) Mx: one matmul along the grid width, one along the height."""
+        hg, wg = self.grid_size
+        ly, lx = self.log_axis_offsets()  # [H, 2Hg-1], [H, 2Wg-1]
+        my = ly.exp()[:, self.y_index].to(zg.dtype)  # [H, Hg, Hg]
+        mx = lx.exp()[:, self.x_index].to(zg.dtype)  # [H, Wg, Wg]
+        b, h, _, _, f = zg.shape
+        out = torch.matmul(mx[:, None], zg)  # [B, H, Hg, Wg, F]
+        out = torch.matmul(my, out.reshape(b, h, hg, wg * f))  # [B, H, Hg, Wg*F]
+        return out.reshape(b, h, hg, wg, f)
+
+    def _fft(self, zg: torch.Tensor) -> torch.Tensor:
+        """2-D *linear* convolution of the grid with the offset table, via zero-padded rfft2.
+
+        Padding each axis to >= 2n-1 keeps the wrap-around of the circular convolution out of
+        the n outputs we keep. Runs in fp32 (or fp64) outside autocast.
+        """
+        hg, wg = self.grid_size
+        dtype = torch.float64 if zg.dtype == torch.float64 else torch.float32
+        with torch.autocast(zg.device.type, enabled=False):
+            table = self.mask_offsets().to(dtype)  # [H, 2Hg-1, 2Wg-1]
+            s = (fft_size(2 * hg - 1), fft_size(2 * wg - 1))
+            zt = zg.to(dtype).movedim(-1, 2)  # [B, H, F, Hg, Wg]
+            zf = torch.fft.rfft2(zt, s=s)
+            tf = torch.fft.rfft2(table, s=s)[:, None]  # [H, 1, s0, s1//2+1]
+            out = torch.fft.irfft2(zf * tf, s=s)[
+                ..., hg - 1 : 2 * hg - 1, wg - 1 : 2 * wg - 1
+            ]
+        return out.movedim(2, -1).to(zg.dtype)  # [B, H, Hg, Wg, F]
+
+    def log_axis_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class GeneralRPE(RelativePositionMask):
+    """One learned logit per head and 2-D offset: M = exp(b[h, dy, dx]); init b = 0 (M = 1)."""
+
+    family = "general"
+
+    def __init__(
+        self,
+        grid_size,
+        num_heads,
+        num_prefix_tokens=0,
+        distance="l1",
+        impl="auto",
+        init_std=0.0,
+    ):
+        super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
+        hg, wg = self.grid_size
+        self.bias = nn.Parameter(
+            torch.randn(num_heads, 2 * hg - 1, 2 * wg - 1) * init_std
+        )
+
+    def log_mask_offsets(self) -> torch.Tensor:
+        return self.bias
+
+
+class ExpRPE(RelativePositionMask):
+    """M = exp(-a_h * dist), a_h = softplus(raw_h). Separable (My (x) Mx) for the l1 distance."""
+
+    family = "exp"
+
+    def __init__(
+        self,
+        grid_size,
+        num_heads,
+        num_prefix_tokens=0,
+        distance="l1",
+        impl="auto",
+        init_rate=0.01,
+    ):
+        super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
+        self.raw_rate = nn.Parameter(
+            torch.full((num_heads,), inverse_softplus(init_rate))
+        )
+
+    @classmethod
+    def is_separable(cls, distance: str) -> bool:
+        return distance == "l1"
+
+    def rate(self) -> torch.Tensor:
+        return F.softplus(self.raw_rate)
+
+    def log_mask_offsets(self) -> torch.Tensor:
+        if self.separable:
+            ly, lx = self.log_axis_offsets()
+            return ly[:, :, None] + lx[:, None, :]
+        return -self.rate()[:, None, None] * self.distance_table
+
+    def log_axis_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """l1: exp(-a(|dy| + |dx|)) = exp(-a|dy|) exp(-a|dx|)."""
+        a = self.rate()[:, None]
+        dy = offsets(self.grid_size[0]).abs().to(a)
+        dx = offsets(self.grid_size[1]).abs().to(a)
+        return -a * dy, -a * dx
+
+
+class PolyRPE(RelativePositionMask):
+    """M = (1 + c_h * dist)^(-p_h), c_h, p_h = softplus(.)."""
+
+    family = "poly"
+
+    def __init__(
+        self,
+        grid_size,
+        num_heads,
+        num_prefix_tokens=0,
+        distance="l1",
+        impl="auto",
+        init_scale=0.01,
+        init_power=1.0,
+    ):
+        super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
+        self.raw_scale = nn.Parameter(
+            torch.full((num_heads,), inverse_softplus(init_scale))
+        )
+        self.raw_power = nn.Parameter(
+            torch.full((num_heads,), inverse_softplus(init_power))
+        )
+
+    def log_mask_offsets(self) -> torch.Tensor:
+        c = F.softplus(self.raw_scale)[:, None, None]
+        p = F.softplus(self.raw_power)[:, None, None]
+        return -p * torch.log1p(c * self.distance_table)
+
+
+RPES: dict[str, type[RelativePositionMask]] = {
+    "general": GeneralRPE,
+    "exp": ExpRPE,
+    "poly": PolyRPE,
+}
 
 
 def build_rpe(
@@ -14,8 +339,21 @@ def build_rpe(
     num_prefix_tokens: int = 0,
     distance: str = "l1",
     impl: str = "auto",
-) -> nn.Module | None:
-    """The RPE module for one attention layer, or None for ``family="none"``."""
+    **kwargs,
+) -> RelativePositionMask | None:
+    """The RPE module for one attention layer, or None for ``family="none"``.
+
+    ``kwargs`` are the family's init options (general: init_std; exp: init_rate; poly:
+    init_scale, init_power); None values are dropped so configs can list every key.
+    """
     if family in (None, "none"):
         return None
-    raise ValueError(f"rpe={family!r} is not available yet: use rpe=none")
+    if family not in RPES:
+        raise ValueError(f"unknown rpe {family!r}: choose one of {list(FAMILIES)}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return RPES[family](
+            grid_size, num_heads, num_prefix_tokens, distance, impl, **kwargs
+        )
+    except TypeError as err:
+        raise ValueError(f"bad option for rpe={family}: {err}") from None
