@@ -125,7 +125,7 @@ class FeatureMapAttention(nn.Module):
                 z = (fk[..., :, None] * v1[..., None, :]).reshape(
                     b, h, n, -1
                 )  # [B, H, L, m(d+1)]
-                dz = rpe.apply(z).reshape(b, h, n, m, -1)  # [B, H, L, m, d+1]
+                dz = rpe(z).reshape(b, h, n, m, -1)  # [B, H, L, m, d+1]
                 out = torch.einsum("bhlm,bhlme->bhle", fq, dz)
                 num, den = out[..., :-1], out[..., -1:]
             out = num / den.clamp_min(self.eps)

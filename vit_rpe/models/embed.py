@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from vit_rpe.utils.errors import ConfigError
+
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(x, int):
@@ -28,7 +30,7 @@ class LinearPatchEmbed(nn.Module):
         self.patch_size = to_2tuple(patch_size)
         for size, patch, axis in zip(self.img_size, self.patch_size, ("height", "width")):
             if size % patch:
-                raise ValueError(
+                raise ConfigError(
                     f"patch_size {patch} does not divide the image {axis} {size}: "
                     f"choose model.net.patch_size among {divisors(size)}"
                 )
@@ -56,10 +58,10 @@ class ConvStemPatchEmbed(nn.Module):
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         if self.patch_size[0] != self.patch_size[1]:
-            raise ValueError("the conv_stem patch embedding needs a square patch_size")
+            raise ConfigError("the conv_stem patch embedding needs a square patch_size")
         stride = self.patch_size[0]
         if stride & (stride - 1):
-            raise ValueError(
+            raise ConfigError(
                 f"patch_embed=conv_stem needs a power-of-two patch_size, got {stride}: "
                 "use 1, 2, 4, 8, 16 or patch_embed=linear"
             )
@@ -94,7 +96,7 @@ def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0
     A quarter of the channels encode sin(y), cos(y), sin(x), cos(x) at geometric frequencies.
     """
     if dim % 4:
-        raise ValueError(f"pos_embed=sincos2d needs embed_dim divisible by 4, got {dim}")
+        raise ConfigError(f"pos_embed=sincos2d needs embed_dim divisible by 4, got {dim}")
     h, w = grid_size
     y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     omega = 1.0 / temperature ** (torch.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))

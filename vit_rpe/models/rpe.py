@@ -8,7 +8,7 @@ indexed by (dy + Hg - 1, dx + Wg - 1) with dy = y_query - y_key. Everything else
 - ``mask()``: the dense [H, L, L] matrix, prefix (cls) rows and columns filled with a learned
   positive scalar per head;
 - ``log_mask()``: its logarithm, the additive bias of softmax attention;
-- ``apply(z)``: the product M @ z for linear attention, computed ``dense`` (an L x L matmul, the
+- ``forward(z)``: the product M @ z for linear attention, computed ``dense`` (an L x L matmul, the
   reference), ``kron`` (M = My (x) Mx for separable masks: one small matmul per grid axis) or
   ``fft`` (a 2-D linear convolution of the grid with the offset table).
 
@@ -41,12 +41,13 @@ def offsets(n: int) -> torch.Tensor:
     return torch.arange(-(n - 1), n, dtype=torch.float64)
 
 
-def offset_distance(grid_size: tuple[int, int], distance: str) -> torch.Tensor:
-    """Distance of every 2-D offset, [2Hg-1, 2Wg-1]."""
-    dy, dx = offsets(grid_size[0])[:, None], offsets(grid_size[1])[None, :]
+def offset_distance_int(grid_size: tuple[int, int], distance: str) -> torch.Tensor:
+    """|dy| + |dx| (l1) or dy^2 + dx^2 (l2) of every 2-D offset, [2Hg-1, 2Wg-1], as exact integers."""
+    dy = torch.arange(-(grid_size[0] - 1), grid_size[0])[:, None]
+    dx = torch.arange(-(grid_size[1] - 1), grid_size[1])[None, :]
     if distance == "l1":
         return dy.abs() + dx.abs()
-    return (dy**2 + dx**2).sqrt()
+    return dy**2 + dx**2
 
 
 def toeplitz_index(n: int) -> torch.Tensor:
@@ -118,11 +119,8 @@ class RelativePositionMask(nn.Module):
         self.register_buffer("index", grid_index(self.grid_size), persistent=False)
         self.register_buffer("y_index", toeplitz_index(hg), persistent=False)
         self.register_buffer("x_index", toeplitz_index(wg), persistent=False)
-        self.register_buffer(
-            "distance_table",
-            offset_distance(self.grid_size, distance).float(),
-            persistent=False,
-        )
+        # Integer buffer: .double() / .half() leave it exact; converted to the parameters' dtype on use.
+        self.register_buffer("distance_int", offset_distance_int(self.grid_size, distance), persistent=False)
 
     @classmethod
     def is_separable(cls, distance: str) -> bool:
@@ -146,6 +144,11 @@ class RelativePositionMask(nn.Module):
         if self.grid_size[0] * self.grid_size[1] <= AUTO_DENSE_MAX_TOKENS:
             return "dense"
         return "kron" if self.separable else "fft"
+
+    def distances(self, like: torch.Tensor) -> torch.Tensor:
+        """Distance of every 2-D offset, [2Hg-1, 2Wg-1], in the dtype of ``like``."""
+        d = self.distance_int.to(like.dtype)
+        return d if self.distance == "l1" else d.sqrt()
 
     # --- the one definition ---------------------------------------------------------------------
     def log_mask_offsets(self) -> torch.Tensor:
@@ -175,8 +178,8 @@ class RelativePositionMask(nn.Module):
         return self.log_mask().exp()
 
     # --- M @ z ----------------------------------------------------------------------------------
-    def apply(self, z: torch.Tensor, impl: str | None = None) -> torch.Tensor:
-        """M @ z for z [B, H, L, F] (any F), by the chosen implementation."""
+    def forward(self, z: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+        """M @ z for z [B, H, L, F] (any F), by the module's ``impl`` or the one given."""
         impl = impl or self.impl
         if impl == "dense":
             return torch.matmul(self.mask().to(z.dtype), z)
@@ -286,7 +289,8 @@ class ExpRPE(RelativePositionMask):
         if self.separable:
             ly, lx = self.log_axis_offsets()
             return ly[:, :, None] + lx[:, None, :]
-        return -self.rate()[:, None, None] * self.distance_table
+        a = self.rate()
+        return -a[:, None, None] * self.distances(a)
 
     def log_axis_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """l1: exp(-a(|dy| + |dx|)) = exp(-a|dy|) exp(-a|dx|)."""
@@ -322,7 +326,7 @@ class PolyRPE(RelativePositionMask):
     def log_mask_offsets(self) -> torch.Tensor:
         c = F.softplus(self.raw_scale)[:, None, None]
         p = F.softplus(self.raw_power)[:, None, None]
-        return -p * torch.log1p(c * self.distance_table)
+        return -p * torch.log1p(c * self.distances(c))
 
 
 RPES: dict[str, type[RelativePositionMask]] = {

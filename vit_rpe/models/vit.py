@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit_rpe.utils.errors import ConfigError
+
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.embed import PATCH_EMBEDS, sincos_2d
 from vit_rpe.models.rpe import build_rpe
@@ -96,7 +98,7 @@ class VisionTransformer(nn.Module):
         check_choice("pos_embed", pos_embed, POS_EMBEDS)
         check_choice("pool", pool, POOLS)
         if embed_dim % num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: "
                 "change model.net.embed_dim or model.net.num_heads"
             )
@@ -191,4 +193,4 @@ class VisionTransformer(nn.Module):
 
 def check_choice(name: str, value: str, choices) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}: set model.net.{name} to one of {sorted(choices)}")
+        raise ConfigError(f"unknown {name} {value!r}: set model.net.{name} to one of {sorted(choices)}")

@@ -1,0 +1,265 @@
+"""Attention kernels against dense references; every ViT x RPE combination gets gradients and learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vit_rpe.models import VisionTransformer
+from vit_rpe.models.attention import PerformerAttention, build_kernel, default_nb_features
+from vit_rpe.models.rpe import build_rpe
+
+GRID = (7, 9)
+RPE_CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
+ATTENTIONS = ("softmax", "performer", "linear")
+RPES = ("none", "general", "exp", "poly")
+
+
+def perturbed_rpe(family, distance, prefix, heads=2, dtype=torch.float64, grid=GRID):
+    torch.manual_seed(1)
+    rpe = build_rpe(family, grid, heads, prefix, distance).to(dtype)
+    with torch.no_grad():
+        for p in rpe.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return rpe
+
+
+def qkv(heads, tokens, d=8, dtype=torch.float64, scale=1.0, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(batch, heads, tokens, d, generator=g, dtype=dtype) for _ in range(3)]
+
+
+def brute_force_features(kernel, x):
+    """phi written out without the kernel's stabilisers."""
+    if kernel == "linear":
+        return torch.where(x > 0, x + 1, torch.exp(x))
+    w, d = kernel.projection.to(x.dtype), x.shape[-1]
+    x = x / d**0.25
+    return torch.exp(x @ w.T - (x * x).sum(-1, keepdim=True) / 2) / math.sqrt(w.shape[0])
+
+
+def brute_force_output(kernel, q, k, v, mask):
+    """out_i = sum_j M_ij A_ij v_j / sum_j M_ij A_ij, one query at a time."""
+    fq, fk = brute_force_features(kernel, q), brute_force_features(kernel, k)
+    out = torch.empty_like(v)
+    for i in range(q.shape[2]):
+        weights = (fq[:, :, i : i + 1] * fk).sum(-1)  # [B, H, L]
+        if mask is not None:
+            weights = weights * mask[None, :, i]
+        out[:, :, i] = (weights[..., None] * v).sum(2) / weights.sum(-1, keepdim=True)
+    return out
+
+
+def feature_kernel(name, d, dtype):
+    kernel = build_kernel(name, d, eps=0.0) if name == "linear" else PerformerAttention(d, eps=0.0)
+    return kernel.to(dtype).eval()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("family,distance", RPE_CASES)
+@pytest.mark.parametrize("name", ["linear", "performer"])
+def test_feature_kernels_with_rpe_equal_brute_force(name, family, distance, prefix, dtype, tol):
+    rpe = perturbed_rpe(family, distance, prefix, dtype=dtype)
+    kernel = feature_kernel(name, 8, dtype)
+    q, k, v = qkv(2, rpe.num_tokens, dtype=dtype, scale=0.5)
+    expected = brute_force_output(kernel, q.double(), k.double(), v.double(), rpe.mask().double())
+    for impl in ["dense", "fft"] + (["kron"] if rpe.separable else []):
+        rpe.impl = impl
+        out = kernel(q, k, v, rpe)
+        assert out.dtype == dtype
+        err = (out.double() - expected).abs().max().item()
+        assert err < tol, (impl, err)
+
+
+@pytest.mark.parametrize("name", ["linear", "performer"])
+def test_feature_kernels_without_rpe_equal_brute_force(name):
+    kernel = feature_kernel(name, 8, torch.float64)
+    q, k, v = qkv(2, 1 + 63, scale=0.5)
+    torch.testing.assert_close(kernel(q, k, v), brute_force_output(kernel, q, k, v, None), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("family,distance", RPE_CASES)
+def test_softmax_with_rpe_is_masked_softmax(family, distance, prefix):
+    rpe = perturbed_rpe(family, distance, prefix)
+    kernel = build_kernel("softmax", 8).eval()
+    q, k, v = qkv(2, rpe.num_tokens)
+    mask = rpe.mask()
+    scores = q @ k.transpose(-2, -1) / math.sqrt(8)
+    expected = torch.softmax(scores + mask.log(), -1) @ v
+    torch.testing.assert_close(kernel(q, k, v, rpe), expected, rtol=1e-10, atol=1e-10)
+    weights = mask * scores.exp()  # the multiplicative form of the same thing
+    torch.testing.assert_close(expected, weights @ v / weights.sum(-1, keepdim=True), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(kernel.attention_matrix(q, k, rpe).double(), torch.softmax(scores + mask.log(), -1))
+
+
+@pytest.mark.parametrize("name", ATTENTIONS)
+@pytest.mark.parametrize("impl", ["dense", "fft"])
+def test_zero_block_hides_masked_keys(name, impl):
+    """Keys below the query row get M = 0: outputs never see them (row-specific denominators)."""
+    rpe = build_rpe("general", (4, 5), 2, 0, "l1", impl).double()
+    with torch.no_grad():
+        rpe.bias[:, : 4 - 1] = -1e4  # dy = y_query - y_key < 0  ->  exp(-1e4) = 0
+    kernel = build_kernel(name, 8)
+    kernel = kernel.double().eval()
+    q, k, v = qkv(2, 20)
+    out = kernel(q, k, v, rpe)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 15:] += torch.randn_like(k2[:, :, 15:])  # the last grid row
+    v2[:, :, 15:] += torch.randn_like(v2[:, :, 15:])
+    out2 = kernel(q, k2, v2, rpe)
+    torch.testing.assert_close(out[:, :, :15], out2[:, :, :15], rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(out[:, :, 15:], out2[:, :, 15:])
+
+
+def test_performer_eval_is_deterministic_and_redraws_on_schedule():
+    kernel = PerformerAttention(8, redraw_interval=3)
+    q, k, v = qkv(2, 10, dtype=torch.float32)
+    kernel.eval()
+    first = kernel(q, k, v)
+    for _ in range(5):
+        torch.testing.assert_close(kernel(q, k, v), first, rtol=0, atol=0)
+    kernel.train()
+    w0 = kernel.projection.clone()
+    kernel(q, k, v)
+    kernel(q, k, v)
+    assert torch.equal(kernel.projection, w0)
+    kernel(q, k, v)  # the third training step redraws
+    assert not torch.equal(kernel.projection, w0)
+    w1 = kernel.projection.clone()
+    kernel.eval()
+    kernel(q, k, v)
+    assert torch.equal(kernel.projection, w1)
+    # the schedule survives a state_dict round trip, and a copy draws the same next matrix
+    clone = PerformerAttention(8, redraw_interval=3)
+    clone.load_state_dict(kernel.state_dict())
+    assert torch.equal(clone.projection, w1) and clone.steps == 3
+    never = PerformerAttention(8, redraw_interval=0).train()
+    w = never.projection.clone()
+    for _ in range(4):
+        never(q, k, v)
+    assert torch.equal(never.projection, w)
+
+
+def test_orthogonal_features_have_chi_norms_and_orthogonal_blocks():
+    kernel = PerformerAttention(16, nb_features=40)
+    assert default_nb_features(16) == int(16 * math.log(16))
+    w = kernel.projection.double()
+    assert w.shape == (40, 16)
+    block = w[:16] / w[:16].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(block @ block.T, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-5)
+    assert 2.5 < w.norm(dim=1).mean() < 5.5  # chi(16) has mean ~3.9
+
+
+def test_favor_approximates_softmax_and_improves_with_features():
+    d, tokens = 8, 32
+    q, k, v = qkv(1, tokens, d=d, dtype=torch.float32, scale=0.4, batch=4)
+    exact = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), -1) @ v
+    errors = []
+    for m in (8, 64, 512):
+        err = 0.0
+        for seed in range(4):
+            torch.manual_seed(seed)
+            kernel = PerformerAttention(d, nb_features=m).eval()
+            err += (kernel(q, k, v) - exact).pow(2).mean().sqrt().item() / 4
+        errors.append(err)
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.1 * exact.pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("name", ["performer", "linear"])
+def test_half_precision_stays_finite(name):
+    rpe = build_rpe("poly", (6, 6), 2, 1, "l1", "fft")
+    kernel = build_kernel(name, 16).train()
+    q, k, v = (t.requires_grad_(True) for t in qkv(2, 37, d=16, dtype=torch.float32, scale=6.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernel(q.bfloat16(), k.bfloat16(), v.bfloat16(), rpe)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    out.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert torch.isfinite(rpe.cls_logit.grad).all()
+
+
+def test_build_kernel_errors_name_the_choices():
+    with pytest.raises(ValueError, match="performer"):
+        build_kernel("cosformer", 8)
+    with pytest.raises(ValueError, match="attention_kwargs"):
+        build_kernel("performer", 8, nb_feature=3)
+    with pytest.raises(ValueError, match="attn_drop_rate"):
+        build_kernel("linear", 8, attn_drop=0.1)
+    assert build_kernel("performer", 8, nb_features=None).nb_features == default_nb_features(8)
+
+
+def tiny_vit(attention, rpe, **kwargs):
+    return VisionTransformer(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        attention=attention,
+        rpe=rpe,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("rpe", RPES)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_every_parameter_gets_a_gradient(attention, rpe):
+    torch.manual_seed(0)
+    model = tiny_vit(attention, rpe, rpe_kwargs={"impl": "fft" if rpe != "none" else "auto"})
+    model(torch.randn(3, 1, 8, 8)).logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 8.0 - 1.0  # [1797, 1, 8, 8]
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(y), generator=g)
+    return x[order[:1400]], y[order[:1400]], x[order[1400:]], y[order[1400:]]
+
+
+def train_digits(attention, rpe, steps=200):
+    torch.manual_seed(0)
+    xtr, ytr, xte, yte = digits()
+    model = tiny_vit(attention, rpe, pool="mean", attention_kwargs={"redraw_interval": 50} if attention == "performer" else {})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(ytr), (64,), generator=g)
+        loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(xte).argmax(-1) == yte).float().mean().item()
+
+
+FAST_LEARNING = [("softmax", "general"), ("performer", "exp"), ("linear", "poly")]
+
+
+@pytest.mark.parametrize("attention,rpe", FAST_LEARNING)
+def test_tiny_vit_learns_digits(attention, rpe):
+    assert train_digits(attention, rpe) > 0.6  # chance is 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rpe", RPES)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_every_model_and_rpe_learns_digits(attention, rpe):
+    assert train_digits(attention, rpe) > 0.6

@@ -1,0 +1,3 @@
+from vit_rpe.train import main
+
+main()

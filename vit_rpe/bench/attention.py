@@ -1,0 +1,210 @@
+"""Forward + backward time and peak memory of one attention kernel against grid size.
+
+    python -m vit_rpe.bench attention [--out docs/bench] [--grids 8 16 32 64 128] [--quick]
+
+Cases are kernel x RPE x impl: softmax (plain SDPA, and SDPA with the exp mask as an additive
+bias), performer and linear (no RPE; exp-l1 via dense, kron, fft; poly-l1 via dense, fft). The
+input is one batch of ``--batch`` x ``--heads`` x (1 + Hg*Wg) tokens x ``--head-dim``; every
+case starts from the same q, k, v and the mask's own parameters, and backpropagates a sum.
+Writes attention.json and attention.png under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from pathlib import Path
+
+import torch
+
+from vit_rpe.bench.common import environment, peak_memory, pin_malloc, time_it, write_json
+from vit_rpe.models.attention import build_kernel
+from vit_rpe.models.rpe import build_rpe
+
+CASES = [
+    ("softmax", "none", "-"),
+    ("softmax", "exp", "bias"),
+    ("performer", "none", "-"),
+    ("performer", "exp", "dense"),
+    ("performer", "exp", "kron"),
+    ("performer", "exp", "fft"),
+    ("performer", "poly", "dense"),
+    ("performer", "poly", "fft"),
+    ("linear", "none", "-"),
+    ("linear", "exp", "dense"),
+    ("linear", "exp", "kron"),
+    ("linear", "exp", "fft"),
+]
+
+
+def case_name(kernel: str, rpe: str, impl: str) -> str:
+    return kernel if rpe == "none" else f"{kernel}+{rpe}/{impl}"
+
+
+def fits(kernel: str, impl: str, tokens: int, args) -> bool:
+    """Skip the L x L cases whose [H, L, L] matrices alone pass --max-dense-mib (and the slowest)."""
+    quadratic = impl in ("dense", "bias") or kernel == "softmax"
+    if not quadratic:
+        return True
+    if impl == "dense" and tokens > args.max_dense_tokens:
+        return False
+    mib = args.heads * tokens**2 * 4 / 2**20
+    return mib * (1 if impl == "-" else 3) <= args.max_dense_mib
+
+
+def run_case(kernel: str, rpe: str, impl: str, grid: int, args, device) -> dict:
+    torch.manual_seed(0)
+    attn = build_kernel(kernel, args.head_dim).to(device).train()
+    mask = None
+    if rpe != "none":
+        mask = build_rpe(rpe, (grid, grid), args.heads, 1, "l1", impl if impl != "bias" else "auto").to(device)
+    tokens = 1 + grid * grid
+    q, k, v = (
+        torch.randn(args.batch, args.heads, tokens, args.head_dim, device=device, requires_grad=True)
+        for _ in range(3)
+    )
+    if hasattr(attn, "redraw_interval"):
+        attn.redraw_interval = 0  # time the attention, not the redraw
+
+    def step():
+        attn(q, k, v, mask).sum().backward()
+        q.grad = k.grad = v.grad = None
+        if mask is not None:
+            mask.zero_grad(set_to_none=True)
+
+    record = {"kernel": kernel, "rpe": rpe, "impl": impl, "grid": grid, "tokens": tokens}
+    record.update(time_it(step, device, min_time=args.min_time))
+    record["peak_mib"] = peak_memory(step, device)
+    return record
+
+
+def plot(records: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    styles = {"softmax": "-", "performer": "--", "linear": ":"}
+    for kernel, rpe, impl in CASES:
+        rows = [r for r in records if (r["kernel"], r["rpe"], r["impl"]) == (kernel, rpe, impl)]
+        if not rows:
+            continue
+        n = [r["tokens"] for r in rows]
+        label = case_name(kernel, rpe, impl)
+        marker = {"-": "o", "bias": "s", "dense": "x", "kron": "^", "fft": "v"}[impl]
+        axes[0].plot(n, [r["time_s"] * 1e3 for r in rows], styles[kernel], marker=marker, label=label)
+        mem = [(x, r["peak_mib"]) for x, r in zip(n, rows) if r["peak_mib"]]
+        if mem:
+            axes[1].plot(*zip(*mem), styles[kernel], marker=marker, label=label)
+    for ax, ylabel in zip(axes, ("forward + backward (ms)", "peak extra memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens L = 1 + Hg*Wg")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(records: list[dict], grids: list[int]) -> str:
+    """Markdown: one row per case, time (ms) / peak MiB per grid."""
+    head = "| case | " + " | ".join(f"{g}x{g}" for g in grids) + " |"
+    lines = [head, "|" + "---|" * (len(grids) + 1)]
+    for kernel, rpe, impl in CASES:
+        cells = []
+        for g in grids:
+            row = next(
+                (r for r in records if (r["kernel"], r["rpe"], r["impl"], r["grid"]) == (kernel, rpe, impl, g)),
+                None,
+            )
+            if row is None:
+                cells.append("-")
+            else:
+                mem = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "?"
+                cells.append(f"{row['time_s'] * 1e3:.1f} / {mem}")
+        lines.append(f"| {case_name(kernel, rpe, impl)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(records: list[dict]) -> list[str]:
+    """The targets of issue #3 as ratios within this run."""
+    by = {(r["kernel"], r["rpe"], r["impl"], r["grid"]): r["time_s"] for r in records}
+    lines = []
+    for g in sorted({r["grid"] for r in records}):
+        base = by.get(("performer", "none", "-", g))
+        kron = by.get(("performer", "exp", "kron", g))
+        fft = by.get(("performer", "exp", "fft", g))
+        dense = by.get(("performer", "exp", "dense", g))
+        parts = []
+        if base and kron:
+            parts.append(f"kron/plain {kron / base:.2f}x")
+        if base and fft:
+            parts.append(f"fft/plain {fft / base:.2f}x")
+        if dense and kron:
+            parts.append(f"dense/kron {dense / kron:.1f}x")
+        if dense and fft:
+            parts.append(f"dense/fft {dense / fft:.1f}x")
+        if parts:
+            lines.append(f"performer+exp {g}x{g}: " + ", ".join(parts))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_rpe.bench attention", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for attention.json/.png")
+    parser.add_argument("--grids", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="grid sides Hg=Wg")
+    parser.add_argument("--quick", action="store_true", help="grids 4 and 8, short timing (a smoke test)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of repeats per case")
+    parser.add_argument("--max-dense-tokens", type=int, default=64 * 64 + 1, help="largest L for impl=dense")
+    parser.add_argument("--max-dense-mib", type=float, default=2048, help="cap on L x L matrices per case")
+    parser.add_argument("--cases", nargs="*", default=None, help="only these, e.g. performer+exp/kron softmax")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.grids, args.min_time = [4, 8], 0.05
+    device = torch.device(args.device)
+    pinned = pin_malloc()
+    cases = [c for c in CASES if args.cases is None or case_name(*c) in args.cases]
+
+    records = []
+    for grid in args.grids:
+        for kernel, rpe, impl in cases:
+            if not fits(kernel, impl, 1 + grid * grid, args):
+                continue
+            record = run_case(kernel, rpe, impl, grid, args, device)
+            records.append(record)
+            mem = record["peak_mib"]
+            print(
+                f"{grid:4d}x{grid:<4d} {case_name(kernel, rpe, impl):24s} {record['time_s'] * 1e3:10.1f} ms"
+                f"  {mem if mem is None else round(mem, 1)} MiB",
+                flush=True,
+            )
+            gc.collect()
+
+    env = environment(device) | {
+        "batch": args.batch,
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "nb_features": build_kernel("performer", args.head_dim).nb_features,
+        "malloc_pinned": pinned,
+    }
+    write_json(args.out / "attention.json", {"environment": env, "records": records})
+    title = (
+        f"one attention layer, batch {args.batch}, {args.heads} heads, head_dim {args.head_dim}, "
+        f"m={env['nb_features']}, {env['device']} ({env['threads']} threads), torch {env['torch']}"
+    )
+    plot(records, args.out / "attention.png", title)
+    print()
+    print(table(records, args.grids))
+    print()
+    print("\n".join(ratios(records)))
+    print(f"\nwrote {args.out / 'attention.json'} and {args.out / 'attention.png'}")
+    return 0

@@ -1,0 +1,114 @@
+"""Timing and peak-memory helpers shared by the benchmarks.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the pass.
+On CPU there is no allocator counter, so we measure the process: glibc's mmap threshold is pinned
+at 64 KiB (every tensor bigger than that is its own mapping, returned to the OS when freed), the
+kernel's resident high-water mark (VmHWM) is reset through /proc/self/clear_refs, and the peak is
+VmHWM minus the resident size before the pass. It counts every byte the pass touches (tensors,
+autograd buffers, BLAS/FFT workspaces), at page granularity.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+_M_MMAP_THRESHOLD = -3
+
+
+def pin_malloc() -> bool:
+    """Make freed tensors leave the process so that resident memory tracks live tensors."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024))
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak extra memory (MiB) while running ``fn`` once; None if it cannot be measured."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if not os.path.exists("/proc/self/clear_refs") or not _reset_hwm():
+        return None
+    before = _status_kib("VmRSS")
+    fn()
+    return max(_status_kib("VmHWM") - before, 0) / 1024
+
+
+def time_it(
+    fn: Callable[[], object], device: torch.device, min_time: float = 1.0, max_reps: int = 10, slow: float = 5.0
+) -> dict:
+    """Seconds per call: one warm-up call, then repeats until ``min_time`` has passed.
+
+    A warm-up slower than ``slow`` seconds is itself the one measurement (the first-call
+    overhead is noise at that size). Reports min and median; min is the least disturbed by
+    other processes sharing the machine.
+    """
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    first = once()
+    times = [first] if first > slow else []
+    total = 0.0
+    while not times or (total < min_time and len(times) < max_reps):
+        times.append(once())
+        total += times[-1]
+    return {"time_s": min(times), "time_median_s": statistics.median(times), "reps": len(times)}
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))

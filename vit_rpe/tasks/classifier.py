@@ -1,0 +1,154 @@
+"""One LightningModule that trains any backbone (images -> logits) as an image classifier."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from vit_rpe.tasks.optim import param_groups
+
+
+def as_factory(spec: Callable | Mapping | None) -> Callable | None:
+    """A callable from a callable or from a Hydra config with ``_target_`` (made partial)."""
+    if spec is None or callable(spec):
+        return spec
+    return instantiate(spec, _partial_=True)
+
+
+def as_plain(spec: Any) -> Any:
+    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classification with top-1 (and top-5) accuracy, AdamW and warmup-cosine.
+
+    ``net`` is an nn.Module or a Hydra config of one. Given as a config, the task builds the
+    backbone itself and stores the config in its hyperparameters, so
+    ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else. ``optimizer`` and
+    ``scheduler`` are partial callables or configs of them: ``optimizer(params)`` and
+    ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Mapping,
+        num_classes: int,
+        optimizer: Callable | Mapping,
+        scheduler: Callable | Mapping | None = None,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+    ):
+        super().__init__()
+        plain = {k: as_plain(v) for k, v in dict(net=net, optimizer=optimizer, scheduler=scheduler).items()}
+        ignore = [name for name, value in plain.items() if not isinstance(value, (Mapping, type(None)))]
+        self.save_hyperparameters({**plain, "num_classes": num_classes, "label_smoothing": label_smoothing,
+                                   "compile": compile}, ignore=ignore)
+        self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"])
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.make_optimizer = as_factory(plain["optimizer"])
+        self.make_scheduler = as_factory(plain["scheduler"])
+        self.compile_net = compile
+
+        top_ks = (1, 5) if num_classes > 10 else (1,)
+        for stage in ("train", "val", "test"):
+            for k in top_ks:
+                metric = MulticlassAccuracy(num_classes, top_k=k, average="micro")
+                self.add_module(f"{stage}_acc{'' if k == 1 else k}", metric)
+            self.add_module(f"{stage}_loss", MeanMetric())
+        self.top_ks = top_ks
+        self.val_acc_best = MaxMetric()
+        self._epoch_start = 0.0
+        self._epoch_images = 0
+        self._epoch_train_time = 0.0
+        self.epoch_seconds: list[float] = []  # training time of each epoch, validation excluded
+        self.epoch_images_per_sec: list[float] = []
+
+    def configure_model(self) -> None:
+        if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        # Soft targets (mixup / cutmix) arrive as [B, num_classes] probabilities.
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+        hard_targets = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        getattr(self, f"{stage}_loss")(loss.detach())
+        for k in self.top_ks:
+            name = f"{stage}_acc{'' if k == 1 else k}"
+            getattr(self, name)(logits.detach(), hard_targets)
+            self.log(f"{stage}/acc{'' if k == 1 else f'_top{k}'}", getattr(self, name), on_step=False,
+                     on_epoch=True, prog_bar=k == 1)
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True,
+                 prog_bar=stage != "test")
+        return loss
+
+    def on_train_start(self) -> None:
+        # Sanity-check batches must not count towards the best validation accuracy.
+        self.val_acc_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_images = 0
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self._epoch_images += batch[0].shape[0]
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._epoch_train_time = time.perf_counter() - self._epoch_start
+
+    def on_train_epoch_end(self) -> None:
+        seconds = max(self._epoch_train_time, 1e-9)
+        # Images/s of this process times the number of processes: the whole job's throughput.
+        rate = self._epoch_images * self.trainer.world_size / seconds
+        self.epoch_seconds.append(seconds)
+        self.epoch_images_per_sec.append(rate)
+        self.log("train/epoch_time", seconds, on_epoch=True, sync_dist=True)
+        self.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(images).softmax(dim=-1)
+
+    def trainable_param_groups(self) -> list[dict]:
+        weight_decay = getattr(self.make_optimizer, "keywords", {}).get("weight_decay", 0.0)
+        return param_groups(self.net, weight_decay)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.make_optimizer(self.trainable_param_groups())
+        if self.make_scheduler is None:
+            return {"optimizer": optimizer}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        scheduler = self.make_scheduler(
+            optimizer, total_steps=total_steps, steps_per_epoch=max(total_steps // epochs, 1)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,111 @@
+"""Train and test a classifier: ``python -m vit_rpe.train [overrides]``.
+
+``train(cfg)`` is the whole job as a plain function (tests and sweepers call it); the Hydra
+main around it only composes the config and returns the metric a sweeper optimises.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vit_rpe.utils.errors import CheckpointError
+from vit_rpe.utils.run import (
+    exit_on_user_error,
+    instantiate_named,
+    metric_for_sweeper,
+    print_config_tree,
+    print_metrics,
+    to_float,
+    write_metrics,
+)
+
+log = logging.getLogger("vit_rpe.train")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run directory's last checkpoint; any other value must be a file."""
+    if not ckpt_path:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        hint = "run with hydra.run.dir=<the run directory> to resume it" if ckpt_path == "last" else ""
+        raise CheckpointError(f"checkpoint {path} does not exist; {hint or 'check ckpt_path'}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Seed, build data, model, callbacks, loggers and trainer; fit; test the best checkpoint.
+
+    Returns the metrics also written to ``<output_dir>/metrics.json``.
+    """
+    OmegaConf.resolve(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    L.seed_everything(cfg.seed, workers=True)
+
+    log.info("data: %s", cfg.data._target_)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    log.info("model: %s", cfg.model.net._target_)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = instantiate_named(cfg.get("callbacks"))
+    loggers = instantiate_named(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    fit_metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
+
+    test_metrics: dict[str, Any] = {}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint: testing the weights the model has now")
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        test_metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
+
+    metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir)}
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    if trainer.is_global_zero:
+        write_metrics(metrics, output_dir / "metrics.json")
+        print_metrics(metrics, title=f"results: {output_dir}")
+        log.info("run directory: %s", output_dir)
+    return metrics
+
+
+def run_summary(model: L.LightningModule, trainer: L.Trainer, output_dir: Path) -> dict[str, Any]:
+    """Size and speed of the run: parameters, epochs, seconds per epoch, images per second."""
+    seconds = list(getattr(model, "epoch_seconds", []))
+    rates = list(getattr(model, "epoch_images_per_sec", []))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "epochs": trainer.current_epoch,
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+        "train_images_per_sec": sum(rates) / len(rates) if rates else None,
+        "best_ckpt": best or None,
+        "output_dir": str(output_dir),
+        "device": str(model.device.type if hasattr(model, "device") else torch.device("cpu")),
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    print_config_tree(cfg)
+    metrics = exit_on_user_error(train, cfg)
+    return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
