@@ -1,0 +1,63 @@
+"""Shared fixtures: compose the real config tree and run jobs at tiny sizes, without network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+# One thread per test process: tests run in parallel (pytest-xdist) on small machines.
+torch.set_num_threads(1)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Small, fast, quiet: CPU, no progress bar, a few batches.
+FAST = (
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "model.net.embed_dim=32",
+    "model.net.depth=1",
+    "model.net.num_heads=2",
+)
+
+
+def compose_config(config_name: str, overrides, output_dir: Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as the CLI would, with run files under ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir.parent)
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def train_config(tmp_path):
+    """``train_config(*overrides, fast=True)`` -> a composed train config writing into tmp_path."""
+
+    def make(*overrides: str, fast: bool = True) -> DictConfig:
+        return compose_config("train", (*(FAST if fast else ()), *overrides), tmp_path / "run")
+
+    yield make
+    GlobalHydra.instance().clear()
