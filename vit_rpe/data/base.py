@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,10 +10,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from vit_rpe.data.augment import RandAugmentImages, build_mixup
 from vit_rpe.data.transforms import DeviceTransform
 from vit_rpe.utils.errors import ConfigError
 
-Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
+log = logging.getLogger(__name__)
+
+# uint8 images [N, C, H, W] (or a Dataset yielding uint8 [C, H, W] when too big for memory), int64 labels [N]
+Split = tuple[torch.Tensor | Dataset, torch.Tensor]
 
 
 class TensorImageDataset(Dataset):
@@ -50,6 +55,11 @@ class ImageDataModule(L.LightningDataModule):
     Everything after reading is shared: batching from memory, the device-side transform
     (``on_after_batch_transfer``), and the metadata models are built from (``image_size``,
     ``in_chans``, ``num_classes``, ``class_names``).
+
+    Options shared by every dataset: ``on_device`` moves the uint8 splits to the accelerator once
+    and gathers batches there; ``randaugment`` (a timm config string, e.g. ``rand-m9-mstd0.5``)
+    augments training images one by one on the CPU, in the loader workers; ``mixup`` / ``cutmix``
+    (alphas, 0 = off) mix whole device batches with timm's Mixup into soft targets.
     """
 
     native_size: tuple[int, int]
@@ -73,6 +83,11 @@ class ImageDataModule(L.LightningDataModule):
         hflip: float = 0.0,
         seed: int = 0,
         pin_memory: bool | None = None,
+        on_device: bool = False,
+        randaugment: str | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mix_prob: float = 1.0,
     ):
         super().__init__()
         if batch_size < 1:
@@ -95,6 +110,13 @@ class ImageDataModule(L.LightningDataModule):
             hflip=hflip,
         )
         self.splits: dict[str, Split] = {}
+        self.on_device = on_device
+        self.randaugment = randaugment
+        self.mixup = build_mixup(mixup, cutmix, mix_prob, self.num_classes)
+        if self.mixup is not None and batch_size % 2:
+            raise ConfigError(
+                f"data.mixup/cutmix mix pairs of images: data.batch_size={batch_size} must be even"
+            )
 
     def check_metadata(self, in_chans: int | None, num_classes: int | None) -> None:
         """Configs repeat the dataset's shape so models can interpolate it: it must agree."""
@@ -116,22 +138,46 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+            if self.on_device and self.trainer is not None:
+                self.to_device(self.trainer.strategy.root_device)
 
-    def split(self, name: str) -> TensorImageDataset:
+    def to_device(self, device: torch.device | str) -> None:
+        """Move the in-memory uint8 splits to ``device`` once: batches are then gathered there."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return
         self.setup()
-        return TensorImageDataset(*self.splits[name])
+        for name, (images, labels) in self.splits.items():
+            if not isinstance(images, torch.Tensor):
+                log.warning("data.on_device: the %s split is decoded on the fly and stays on the CPU", name)
+            elif name == "train" and self.randaugment:
+                log.warning("data.randaugment works on the CPU: the training split stays in host memory")
+            else:
+                self.splits[name] = (images.to(device), labels.to(device))
+
+    def split(self, name: str) -> Dataset:
+        self.setup()
+        images, labels = self.splits[name]
+        dataset = TensorImageDataset(images, labels) if isinstance(images, torch.Tensor) else images
+        if name == "train" and self.randaugment:
+            dataset = RandAugmentImages(dataset, self.randaugment)
+        return dataset
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.split(name)
+        on_device = isinstance(dataset, TensorImageDataset) and dataset.images.device.type != "cpu"
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        workers = 0 if on_device else self.num_workers
         return DataLoader(
-            self.split(name),
+            dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
             shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=pin,
+            # timm's Mixup mixes pairs: every training batch must have an even size
+            drop_last=name == "train" and self.mixup is not None,
+            num_workers=workers,
+            pin_memory=pin and not on_device,
             collate_fn=collate_gathered,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
@@ -150,7 +196,10 @@ class ImageDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return self.transform(images, train=training), labels
+        images = self.transform(images, train=training)
+        if training and self.mixup is not None:
+            images, labels = self.mixup(images, labels)
+        return images, labels
 
 
 def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
@@ -165,3 +214,18 @@ def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int
         for i in range(len(fractions)):
             parts[i].append(members[bounds[i] : bounds[i + 1]])
     return [torch.cat(p).sort().values for p in parts]
+
+
+def fill_data_metadata(cfg, datamodule: ImageDataModule) -> None:
+    """Fill ``cfg.data`` keys left null (num_classes, in_chans, image_size) from the datamodule.
+
+    Data configs of folders and HF datasets leave ``num_classes: null``: the datamodule counts the
+    classes on disk, and the model configs, which interpolate ``${data.num_classes}``, see the number.
+    Call it before the config is resolved.
+    """
+    from omegaconf import open_dict
+
+    with open_dict(cfg.data):
+        for key in ("num_classes", "in_chans", "image_size"):
+            if cfg.data.get(key, None) is None and hasattr(datamodule, key):
+                cfg.data[key] = getattr(datamodule, key)

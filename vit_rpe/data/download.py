@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import tarfile
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,8 +47,45 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
                 raise OSError(f"checksum mismatch (md5 {got}, expected {md5})")
             os.replace(tmp, dest)
             return dest
-        except Exception as err:  # noqa: BLE001 - every failure is reported together below
+        except Exception as err:
             errors.append(f"{url}: {err}")
         finally:
             tmp.unlink(missing_ok=True)
     raise DataError(f"could not download {dest.name}:\n  " + "\n  ".join(errors))
+
+
+def extract_tar(archive: Path, dest: Path, folder: str) -> Path:
+    """Extract the top-level ``folder`` of a tar archive to ``dest/folder``, safely and atomically.
+
+    Members must be plain files or folders inside ``folder`` (no absolute paths, ``..`` or links).
+    Everything goes to a temporary folder first and is renamed into place once complete.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=f".{folder}.", suffix=".extract"))
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                parts = Path(member.name).parts
+                if (
+                    Path(member.name).is_absolute()
+                    or ".." in parts
+                    or not parts
+                    or parts[0] != folder
+                    or not (member.isfile() or member.isdir())
+                ):
+                    raise DataError(
+                        f"{archive} holds an unexpected entry {member.name!r}: delete it and download again"
+                    )
+            tar.extractall(tmp, members=members, filter="data")
+        os.replace(tmp / folder, dest / folder)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(
+            f"{archive} is truncated or corrupt ({err}): delete it and download it again"
+        ) from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / folder
