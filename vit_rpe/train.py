@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
-    exit_on_user_error,
     instantiate_named,
     metric_for_sweeper,
     print_config_tree,
     print_metrics,
+    run_job,
     to_float,
     write_metrics,
 )
@@ -103,7 +103,9 @@ def run_summary(model: L.LightningModule, trainer: L.Trainer, output_dir: Path) 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     print_config_tree(cfg)
-    metrics = exit_on_user_error(train, cfg)
+    metrics = run_job(train, cfg)
+    if metrics is None:  # a failed sweep job, recorded in its directory: NaN tells the sweeper
+        return float("nan")
     return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import rich
 import rich.syntax
 import rich.table
 import rich.tree
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -102,3 +105,43 @@ def exit_on_user_error(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
         log.error("%s", user_error)
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra sweep (``-m``), where one failure must not end the others."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(err: BaseException, output_dir: Path) -> None:
+    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    (output_dir / "error.txt").write_text(text)
+    cause = user_error_of(err) or err
+    message = str(cause).strip().splitlines()
+    summary = f"{type(cause).__name__}: {message[0] if message else ''}"
+    record = {"status": "failed", "error": summary, "output_dir": str(output_dir)}
+    write_metrics(record, output_dir / "metrics.json")
+
+
+def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``job`` as an entry point does; a W&B run never outlives its job.
+
+    A single run stops on errors (a user error exits 1 cleanly). A sweep job (``-m``) records its
+    failure in its own directory and returns None, so the other jobs of the sweep still run.
+    """
+    from vit_rpe.loggers import finish_wandb  # here: importing it loads lightning
+
+    multirun = in_multirun()
+    try:
+        result = job(cfg) if multirun else exit_on_user_error(job, cfg)
+    except Exception as err:
+        finish_wandb(exit_code=1)
+        if not multirun:
+            raise
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
+        record_failure(err, output_dir)
+        log.error("job failed, the sweep goes on: %s (traceback in %s)", err, output_dir / "error.txt")
+        return None
+    finish_wandb()
+    return result
