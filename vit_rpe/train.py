@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vit_rpe.data import fill_data_metadata
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
     instantiate_named,
@@ -46,6 +47,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
+    # Data first: a datamodule may count its classes on disk; the model config interpolates them.
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    fill_data_metadata(cfg, datamodule)
     OmegaConf.resolve(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("data: %s", cfg.data._target_)
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
     log.info("model: %s", cfg.model.net._target_)
     model: L.LightningModule = instantiate(cfg.model)
     callbacks = instantiate_named(cfg.get("callbacks"))
