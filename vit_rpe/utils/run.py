@@ -112,8 +112,9 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def record_failure(err: BaseException, output_dir: Path) -> None:
-    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report."""
+def record_failure(err: BaseException, output_dir: Path) -> str:
+    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report;
+    returns the one-line summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     (output_dir / "error.txt").write_text(text)
@@ -122,6 +123,7 @@ def record_failure(err: BaseException, output_dir: Path) -> None:
     summary = f"{type(cause).__name__}: {message[0] if message else ''}"
     record = {"status": "failed", "error": summary, "output_dir": str(output_dir)}
     write_metrics(record, output_dir / "metrics.json")
+    return summary
 
 
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -140,8 +142,8 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not multirun:
             raise
         output_dir = Path(HydraConfig.get().runtime.output_dir)
-        record_failure(err, output_dir)
-        log.error("job failed, the sweep goes on: %s (traceback in %s)", err, output_dir / "error.txt")
+        summary = record_failure(err, output_dir)
+        log.error("job failed, the sweep goes on: %s (traceback in %s)", summary, output_dir / "error.txt")
         return None
     finish_wandb()
     return result
