@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         if err.name != f"vit_rpe.bench.{ns.command}":
             raise
-        parser.error(f"the {ns.command!r} benchmark is not installed (no module vit_rpe/bench/{ns.command}.py)")
+        parser.error(
+            f"the {ns.command!r} benchmark is not installed (no module vit_rpe/bench/{ns.command}.py)"
+        )
     return module.main(ns.args) or 0
 
 

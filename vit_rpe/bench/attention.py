@@ -57,7 +57,9 @@ def run_case(kernel: str, rpe: str, impl: str, grid: int, args, device) -> dict:
     attn = build_kernel(kernel, args.head_dim).to(device).train()
     mask = None
     if rpe != "none":
-        mask = build_rpe(rpe, (grid, grid), args.heads, 1, "l1", impl if impl != "bias" else "auto").to(device)
+        mask = build_rpe(rpe, (grid, grid), args.heads, 1, "l1", impl if impl != "bias" else "auto").to(
+            device
+        )
     tokens = 1 + grid * grid
     q, k, v = (
         torch.randn(args.batch, args.heads, tokens, args.head_dim, device=device, requires_grad=True)
@@ -119,7 +121,11 @@ def table(records: list[dict], grids: list[int]) -> str:
         cells = []
         for g in grids:
             row = next(
-                (r for r in records if (r["kernel"], r["rpe"], r["impl"], r["grid"]) == (kernel, rpe, impl, g)),
+                (
+                    r
+                    for r in records
+                    if (r["kernel"], r["rpe"], r["impl"], r["grid"]) == (kernel, rpe, impl, g)
+                ),
                 None,
             )
             if row is None:
@@ -155,7 +161,9 @@ def ratios(records: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_rpe.bench attention", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vit_rpe.bench attention", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for attention.json/.png")
     parser.add_argument("--grids", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="grid sides Hg=Wg")
     parser.add_argument("--quick", action="store_true", help="grids 4 and 8, short timing (a smoke test)")
@@ -166,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of repeats per case")
     parser.add_argument("--max-dense-tokens", type=int, default=64 * 64 + 1, help="largest L for impl=dense")
     parser.add_argument("--max-dense-mib", type=float, default=2048, help="cap on L x L matrices per case")
-    parser.add_argument("--cases", nargs="*", default=None, help="only these, e.g. performer+exp/kron softmax")
+    parser.add_argument(
+        "--cases", nargs="*", default=None, help="only these, e.g. performer+exp/kron softmax"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.grids, args.min_time = [4, 8], 0.05

@@ -17,8 +17,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -69,7 +69,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float | None:
 
 
 def time_it(
-    fn: Callable[[], object], device: torch.device, min_time: float = 1.0, max_reps: int = 10, slow: float = 5.0
+    fn: Callable[[], object],
+    device: torch.device,
+    min_time: float = 1.0,
+    max_reps: int = 10,
+    slow: float = 5.0,
 ) -> dict:
     """Seconds per call: one warm-up call, then repeats until ``min_time`` has passed.
 

@@ -103,9 +103,7 @@ class FeatureMapAttention(nn.Module):
         self.head_dim = head_dim
         self.eps = eps
 
-    def features(
-        self, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """phi(q), phi(k): [B, H, L, m], positive."""
         raise NotImplementedError
 
@@ -122,9 +120,7 @@ class FeatureMapAttention(nn.Module):
             else:
                 b, h, n, m = fk.shape
                 v1 = F.pad(v, (0, 1), value=1.0)  # [B, H, L, d+1]
-                z = (fk[..., :, None] * v1[..., None, :]).reshape(
-                    b, h, n, -1
-                )  # [B, H, L, m(d+1)]
+                z = (fk[..., :, None] * v1[..., None, :]).reshape(b, h, n, -1)  # [B, H, L, m(d+1)]
                 dz = rpe(z).reshape(b, h, n, m, -1)  # [B, H, L, m, d+1]
                 out = torch.einsum("bhlm,bhlme->bhle", fq, dz)
                 num, den = out[..., :-1], out[..., -1:]
@@ -152,21 +148,15 @@ def default_nb_features(head_dim: int) -> int:
     return max(int(head_dim * math.log(head_dim)), 1) if head_dim > 1 else 1
 
 
-def orthogonal_gaussian(
-    nb_features: int, dim: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def orthogonal_gaussian(nb_features: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """[m, d] rows: orthogonal within each d x d block (QR of a gaussian), scaled to chi(d) norms."""
     blocks = []
     for _ in range(math.ceil(nb_features / dim)):
         g = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
         q, r = torch.linalg.qr(g)
-        blocks.append(
-            (q * torch.sign(torch.diagonal(r))).T
-        )  # sign fix: Haar-distributed rows
+        blocks.append((q * torch.sign(torch.diagonal(r))).T)  # sign fix: Haar-distributed rows
     w = torch.cat(blocks)[:nb_features]
-    norms = torch.randn(
-        nb_features, dim, generator=generator, dtype=torch.float64
-    ).norm(dim=1)
+    norms = torch.randn(nb_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)
     return (w * norms[:, None]).float()
 
 
@@ -240,12 +230,8 @@ class PerformerAttention(FeatureMapAttention):
         hq = (q * q).sum(-1, keepdim=True) / 2
         hk = (k * k).sum(-1, keepdim=True) / 2
         scale = self.nb_features**-0.5
-        fq = scale * (
-            torch.exp(wq - hq - wq.amax(-1, keepdim=True).detach()) + self.eps
-        )
-        fk = scale * (
-            torch.exp(wk - hk - wk.amax((-2, -1), keepdim=True).detach()) + self.eps
-        )
+        fq = scale * (torch.exp(wq - hq - wq.amax(-1, keepdim=True).detach()) + self.eps)
+        fk = scale * (torch.exp(wk - hk - wk.amax((-2, -1), keepdim=True).detach()) + self.eps)
         return fq, fk
 
 
@@ -259,16 +245,12 @@ KERNELS: dict[str, type[nn.Module]] = {
 def build_kernel(name: str, head_dim: int, **kwargs) -> nn.Module:
     """The kernel ``name`` for heads of size ``head_dim``; None-valued options take defaults."""
     if name not in KERNELS:
-        raise ConfigError(
-            f"unknown attention {name!r}: choose one of {sorted(KERNELS)}"
-        )
+        raise ConfigError(f"unknown attention {name!r}: choose one of {sorted(KERNELS)}")
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     try:
         return KERNELS[name](head_dim, **kwargs)
     except TypeError as err:
-        raise ConfigError(
-            f"bad model.net.attention_kwargs for attention={name}: {err}"
-        ) from None
+        raise ConfigError(f"bad model.net.attention_kwargs for attention={name}: {err}") from None
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -18,10 +18,14 @@ Masks are exp(something real), so they are positive by construction.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vit_rpe.utils.errors import ConfigError
 
 FAMILIES = ("none", "general", "exp", "poly")
 DISTANCES = ("l1", "l2")
@@ -60,9 +64,7 @@ def grid_index(grid_size: tuple[int, int]) -> torch.Tensor:
     """[N, N] index into a flattened [2Hg-1, 2Wg-1] offset table for row-major grid tokens."""
     hg, wg = grid_size
     iy, ix = toeplitz_index(hg), toeplitz_index(wg)
-    return (iy[:, None, :, None] * (2 * wg - 1) + ix[None, :, None, :]).reshape(
-        hg * wg, hg * wg
-    )
+    return (iy[:, None, :, None] * (2 * wg - 1) + ix[None, :, None, :]).reshape(hg * wg, hg * wg)
 
 
 def fft_size(n: int) -> int:
@@ -95,26 +97,22 @@ class RelativePositionMask(nn.Module):
     ):
         super().__init__()
         if distance not in DISTANCES:
-            raise ValueError(
-                f"unknown rpe.distance {distance!r}: choose one of {list(DISTANCES)}"
-            )
+            raise ConfigError(f"unknown rpe.distance {distance!r}: choose one of {list(DISTANCES)}")
         if impl not in IMPLS:
-            raise ValueError(f"unknown rpe.impl {impl!r}: choose one of {list(IMPLS)}")
+            raise ConfigError(f"unknown rpe.impl {impl!r}: choose one of {list(IMPLS)}")
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_heads = num_heads
         self.num_prefix_tokens = num_prefix_tokens
         self.distance = distance
         self.separable = self.is_separable(distance)
         if impl == "kron" and not self.separable:
-            raise ValueError(
+            raise ConfigError(
                 f"rpe.impl=kron needs a separable mask (rpe=exp with rpe.distance=l1), "
                 f"but this is {self.describe()}: use rpe.impl=fft, dense or auto"
             )
         self.impl = self.resolve_impl(impl)
         # The cls token has no grid position: its row and column get exp(cls_logit[h]).
-        self.cls_logit = (
-            nn.Parameter(torch.zeros(num_heads)) if num_prefix_tokens else None
-        )
+        self.cls_logit = nn.Parameter(torch.zeros(num_heads)) if num_prefix_tokens else None
         hg, wg = self.grid_size
         self.register_buffer("index", grid_index(self.grid_size), persistent=False)
         self.register_buffer("y_index", toeplitz_index(hg), persistent=False)
@@ -131,7 +129,9 @@ class RelativePositionMask(nn.Module):
         return f"rpe={type(self).family} with rpe.distance={self.distance}"
 
     def extra_repr(self) -> str:
-        return f"grid_size={self.grid_size}, heads={self.num_heads}, distance={self.distance}, impl={self.impl}"
+        return (
+            f"grid_size={self.grid_size}, heads={self.num_heads}, distance={self.distance}, impl={self.impl}"
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -166,9 +166,7 @@ class RelativePositionMask(nn.Module):
         if not p:
             return grid
         cls = self.cls_logit[:, None, None].to(grid.dtype)
-        out = F.pad(
-            grid, (p, 0, p, 0)
-        )  # [H, L, L], zeros in the prefix rows and columns
+        out = F.pad(grid, (p, 0, p, 0))  # [H, L, L], zeros in the prefix rows and columns
         border = torch.ones_like(out, dtype=torch.bool)
         border[:, p:, p:] = False
         return torch.where(border, cls.expand_as(out), out)
@@ -184,9 +182,7 @@ class RelativePositionMask(nn.Module):
         if impl == "dense":
             return torch.matmul(self.mask().to(z.dtype), z)
         if impl == "kron" and not self.separable:
-            raise ValueError(
-                f"impl=kron is not available for {self.describe()}: use fft or dense"
-            )
+            raise ConfigError(f"impl=kron is not available for {self.describe()}: use fft or dense")
         p = self.num_prefix_tokens
         zp, zg = z[:, :, :p], z[:, :, p:]
         hg, wg = self.grid_size
@@ -226,9 +222,7 @@ class RelativePositionMask(nn.Module):
             zt = zg.to(dtype).movedim(-1, 2)  # [B, H, F, Hg, Wg]
             zf = torch.fft.rfft2(zt, s=s)
             tf = torch.fft.rfft2(table, s=s)[:, None]  # [H, 1, s0, s1//2+1]
-            out = torch.fft.irfft2(zf * tf, s=s)[
-                ..., hg - 1 : 2 * hg - 1, wg - 1 : 2 * wg - 1
-            ]
+            out = torch.fft.irfft2(zf * tf, s=s)[..., hg - 1 : 2 * hg - 1, wg - 1 : 2 * wg - 1]
         return out.movedim(2, -1).to(zg.dtype)  # [B, H, Hg, Wg, F]
 
     def log_axis_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,9 +245,7 @@ class GeneralRPE(RelativePositionMask):
     ):
         super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
         hg, wg = self.grid_size
-        self.bias = nn.Parameter(
-            torch.randn(num_heads, 2 * hg - 1, 2 * wg - 1) * init_std
-        )
+        self.bias = nn.Parameter(torch.randn(num_heads, 2 * hg - 1, 2 * wg - 1) * init_std)
 
     def log_mask_offsets(self) -> torch.Tensor:
         return self.bias
@@ -274,9 +266,7 @@ class ExpRPE(RelativePositionMask):
         init_rate=0.01,
     ):
         super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
-        self.raw_rate = nn.Parameter(
-            torch.full((num_heads,), inverse_softplus(init_rate))
-        )
+        self.raw_rate = nn.Parameter(torch.full((num_heads,), inverse_softplus(init_rate)))
 
     @classmethod
     def is_separable(cls, distance: str) -> bool:
@@ -316,12 +306,8 @@ class PolyRPE(RelativePositionMask):
         init_power=1.0,
     ):
         super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
-        self.raw_scale = nn.Parameter(
-            torch.full((num_heads,), inverse_softplus(init_scale))
-        )
-        self.raw_power = nn.Parameter(
-            torch.full((num_heads,), inverse_softplus(init_power))
-        )
+        self.raw_scale = nn.Parameter(torch.full((num_heads,), inverse_softplus(init_scale)))
+        self.raw_power = nn.Parameter(torch.full((num_heads,), inverse_softplus(init_power)))
 
     def log_mask_offsets(self) -> torch.Tensor:
         c = F.softplus(self.raw_scale)[:, None, None]
@@ -343,21 +329,21 @@ def build_rpe(
     num_prefix_tokens: int = 0,
     distance: str = "l1",
     impl: str = "auto",
+    init: Mapping[str, Any] | None = None,
     **kwargs,
 ) -> RelativePositionMask | None:
     """The RPE module for one attention layer, or None for ``family="none"``.
 
-    ``kwargs`` are the family's init options (general: init_std; exp: init_rate; poly:
-    init_scale, init_power); None values are dropped so configs can list every key.
+    ``init`` (the ``rpe.init`` config block) and ``kwargs`` are the family's init options
+    (general: init_std; exp: init_rate; poly: init_scale, init_power); None values are dropped.
     """
+    kwargs = {**(init or {}), **kwargs}
     if family in (None, "none"):
         return None
     if family not in RPES:
-        raise ValueError(f"unknown rpe {family!r}: choose one of {list(FAMILIES)}")
+        raise ConfigError(f"unknown rpe {family!r}: choose one of {list(FAMILIES)}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
-        return RPES[family](
-            grid_size, num_heads, num_prefix_tokens, distance, impl, **kwargs
-        )
+        return RPES[family](grid_size, num_heads, num_prefix_tokens, distance, impl, **kwargs)
     except TypeError as err:
-        raise ValueError(f"bad option for rpe={family}: {err}") from None
+        raise ConfigError(f"bad option for rpe={family}: {err}") from None
