@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.data import fill_data_metadata
+from vit_rpe.tasks.finetune import apply_data_config, export_pretrained, fill_class_names
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
     instantiate_named,
@@ -57,8 +58,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("data: %s", cfg.data._target_)
+    fill_class_names(cfg.model.net, datamodule)  # pretrained heads: label maps from the data
     log.info("model: %s", cfg.model.net._target_)
     model: L.LightningModule = instantiate(cfg.model)
+    apply_data_config(datamodule, model.net)  # pretrained backbones: their input size and normalisation
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -77,7 +80,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         test_metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
 
+    exported = None
+    if cfg.get("train", True) and trainer.is_global_zero:  # pretrained backbones: save_pretrained format
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        exported = export_pretrained(model, datamodule, output_dir / "hf_model", best or None)
+
     metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir)}
+    metrics["export_dir"] = str(exported) if exported else None
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir / "metrics.json")

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_rpe.tasks.optim import param_groups
+from vit_rpe.tasks.finetune import FineTuning
 
 
 def as_factory(spec: Callable | Mapping | None) -> Callable | None:
@@ -36,7 +36,8 @@ class ImageClassifier(L.LightningModule):
     backbone itself and stores the config in its hyperparameters, so
     ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else. ``optimizer`` and
     ``scheduler`` are partial callables or configs of them: ``optimizer(params)`` and
-    ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``.
+    ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
+    freeze_backbone_epochs, layer_decay) says what trains at which rate: see tasks/finetune.py.
     """
 
     def __init__(
@@ -47,12 +48,14 @@ class ImageClassifier(L.LightningModule):
         scheduler: Callable | Mapping | None = None,
         label_smoothing: float = 0.0,
         compile: bool = False,
+        finetune: Mapping | None = None,
     ):
         super().__init__()
         plain = {k: as_plain(v) for k, v in dict(net=net, optimizer=optimizer, scheduler=scheduler).items()}
         ignore = [name for name, value in plain.items() if not isinstance(value, (Mapping, type(None)))]
         self.save_hyperparameters({**plain, "num_classes": num_classes, "label_smoothing": label_smoothing,
-                                   "compile": compile}, ignore=ignore)
+                                   "compile": compile, "finetune": as_plain(finetune)}, ignore=ignore)
+        self.finetune = FineTuning.from_config(as_plain(finetune))
         self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"])
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -139,8 +142,11 @@ class ImageClassifier(L.LightningModule):
         return self(images).softmax(dim=-1)
 
     def trainable_param_groups(self) -> list[dict]:
-        weight_decay = getattr(self.make_optimizer, "keywords", {}).get("weight_decay", 0.0)
-        return param_groups(self.net, weight_decay)
+        options = getattr(self.make_optimizer, "keywords", {})
+        return self.finetune.param_groups(self.net, options.get("weight_decay", 0.0), options.get("lr"))
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return self.finetune.callbacks()  # a backbone frozen for some or all epochs
 
     def configure_optimizers(self) -> dict:
         optimizer = self.make_optimizer(self.trainable_param_groups())

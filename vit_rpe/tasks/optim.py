@@ -22,12 +22,16 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in net.named_parameters():
         if not param.requires_grad:
             continue
-        exempt = param.ndim <= 1 or name in skip or any(part in name for part in NO_DECAY_NAME_PARTS)
-        (no_decay if exempt else decay).append(param)
+        (decay if is_decayed(name, param, skip) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def is_decayed(name: str, param: nn.Parameter, skip: set[str]) -> bool:
+    """The rule above, for one parameter (layer-wise decay groups use it too)."""
+    return not (param.ndim <= 1 or name in skip or any(part in name for part in NO_DECAY_NAME_PARTS))
 
 
 def warmup_cosine(

@@ -1,0 +1,222 @@
+"""The timm and HuggingFace adapters: shapes, weights really loaded and adapted, export, misuse.
+
+No network: checkpoints are tiny random models saved locally in the libraries' real formats.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from vit_rpe.models.pretrained import HFViT, TimmBackbone
+from vit_rpe.utils.errors import CheckpointError, ConfigError, UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_TIMM = dict(depth=2, embed_dim=32, num_heads=2)  # vit_tiny_patch16_224's layout, smaller
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def save_tiny_hf_vit(folder, num_labels: int = 3, image_size: int = 16, seed: int = 0):
+    """A random 2-layer ViT (hidden 32, 4x4 patches) and its image processor, saved by save_pretrained."""
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=4,
+        num_labels=num_labels,
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=MEAN, image_std=STD
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return save_tiny_hf_vit(tmp_path_factory.mktemp("hf_tiny"))
+
+
+@pytest.fixture(scope="module")
+def timm_file(tmp_path_factory):
+    """The state dict of a 224x224 RGB ViT-Tiny layout with a 1000-class head, as timm stores weights."""
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_TIMM)
+    path = tmp_path_factory.mktemp("timm") / "vit_tiny.safetensors"
+    safetensors.torch.save_file(source.state_dict(), path)
+    return path, source.state_dict()
+
+
+# --- HuggingFace ------------------------------------------------------------------------------
+
+
+def test_hf_vit_loads_the_checkpoint_with_a_new_head_and_label_maps(hf_folder):
+    saved = ViTForImageClassification.from_pretrained(hf_folder)
+    net = HFViT(str(hf_folder), num_classes=4, class_names=["cat", "dog", "fox", "owl"])
+    assert net.model.config.id2label == {0: "cat", 1: "dog", 2: "fox", 3: "owl"}
+    assert net.model.config.label2id["owl"] == 3
+    assert net.get_classifier().out_features == 4
+    for name, param in saved.vit.named_parameters():  # the backbone is the checkpoint's
+        torch.testing.assert_close(net.model.vit.get_parameter(name), param, rtol=0, atol=0)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+
+
+def test_hf_vit_data_config_comes_from_the_image_processor(hf_folder):
+    net = HFViT(str(hf_folder), num_classes=3)
+    assert net.data_config == {"image_size": 16, "mean": pytest.approx(MEAN), "std": pytest.approx(STD)}
+    grey = HFViT(str(hf_folder), num_classes=3, in_chans=1, image_size=8)
+    assert grey.data_config == {"image_size": 8, "mean": [pytest.approx(0.4)], "std": [pytest.approx(0.25)]}
+    # grey images are repeated to RGB; 8x8 images interpolate the 4x4 grid of position embeddings to 2x2
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(grey(x), grey(x.expand(-1, 3, -1, -1)))
+
+
+def test_hf_vit_layer_ids_number_embeddings_blocks_and_head(hf_folder):
+    net = HFViT(str(hf_folder), num_classes=3)
+    assert net.num_layers == 4
+    ids = {name: net.layer_id(name) for name, _ in net.named_parameters()}
+    assert {ids[n] for n in ids if ".embeddings." in n} == {0}
+    assert {ids[n] for n in ids if n.startswith("model.classifier.")} == {3}
+    assert {ids[n] for n in ids if n.startswith("model.vit.layernorm.")} == {2}  # with the last block
+    assert sorted(set(ids.values())) == [0, 1, 2, 3]
+    assert "model.vit.embeddings.position_embeddings" in net.no_weight_decay()
+
+
+def test_hf_vit_save_pretrained_reloads_to_identical_logits(hf_folder, tmp_path):
+    net = HFViT(str(hf_folder), num_classes=2, class_names=["no", "yes"]).eval()
+    net.save_pretrained(tmp_path / "out", image_size=16, mean=[0.1], std=[0.2])
+    reloaded = ViTForImageClassification.from_pretrained(tmp_path / "out").eval()
+    x = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(reloaded(pixel_values=x).logits, net(x), rtol=0, atol=0)
+    assert reloaded.config.id2label == {0: "no", 1: "yes"}
+    processor = ViTImageProcessor.from_pretrained(tmp_path / "out")
+    assert list(processor.image_mean) == pytest.approx([0.1] * 3)  # the model takes RGB
+
+
+def test_hf_vit_missing_folder_and_unreachable_hub_are_clear_errors(monkeypatch, tmp_path):
+    with pytest.raises(CheckpointError, match="not a folder"):
+        HFViT(str(tmp_path / "missing"), num_classes=3)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    with pytest.raises(UserError, match=r"HF_HUB_OFFLINE=1 is set.*local folder"):
+        HFViT("google/vit-base-patch16-224-in21k", num_classes=3)
+
+
+def test_adapters_refuse_relative_position_encodings(hf_folder):
+    with pytest.raises(ConfigError, match="rpe=exp works with the from-scratch ViT only"):
+        HFViT(str(hf_folder), num_classes=3, rpe="exp")
+    with pytest.raises(ConfigError, match="model=timm_vit"):
+        TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=False, rpe="general")
+
+
+# --- timm -------------------------------------------------------------------------------------
+
+
+def test_timm_from_scratch_keeps_the_datamodule_normalisation():
+    net = TimmBackbone(
+        "vit_tiny_patch16_224",
+        num_classes=10,
+        pretrained=False,
+        img_size=28,
+        in_chans=1,
+        patch_size=4,
+        model_kwargs=TINY_TIMM,
+    )
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert net.data_config == {"image_size": 28}  # no mean/std: the data's own
+    assert TimmBackbone(
+        "vit_tiny_patch16_224", num_classes=10, pretrained=False, model_kwargs=TINY_TIMM
+    ).data_config == {"image_size": 224}
+
+
+def test_timm_local_weights_load_unchanged_at_the_same_size(timm_file):
+    path, source = timm_file
+    net = TimmBackbone(
+        "vit_tiny_patch16_224", num_classes=1000, checkpoint_path=str(path), model_kwargs=TINY_TIMM
+    )
+    for name, value in source.items():
+        torch.testing.assert_close(net.model.state_dict()[name], value, rtol=0, atol=0)
+    assert net.pretrained and net.data_config["mean"] == pytest.approx([0.5] * 3)  # the checkpoint's
+
+
+def test_timm_local_weights_adapt_to_28x28_grey_images_and_a_new_head(timm_file, tmp_path):
+    _, source = timm_file
+    pth = tmp_path / "weights.pth"  # a .pth file works the same as .safetensors
+    torch.save(source, pth)
+    net = TimmBackbone(
+        "vit_tiny_patch16_224",
+        num_classes=10,
+        checkpoint_path=str(pth),
+        img_size=28,
+        in_chans=1,
+        patch_size=4,
+        model_kwargs=TINY_TIMM,
+    )
+    state = net.model.state_dict()
+    # 14x14 position embeddings interpolated to the 7x7 grid of 4x4 patches
+    expected_pos = resample_abs_pos_embed(source["pos_embed"], new_size=(7, 7), num_prefix_tokens=1)
+    torch.testing.assert_close(state["pos_embed"], expected_pos)
+    # 16x16 RGB kernels resampled to 4x4 and summed over the colour channels for grey input
+    expected_kernel = resample_patch_embed(source["patch_embed.proj.weight"], [4, 4]).sum(1, keepdim=True)
+    torch.testing.assert_close(state["patch_embed.proj.weight"], expected_kernel, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state["blocks.1.attn.qkv.weight"], source["blocks.1.attn.qkv.weight"])
+    assert state["head.weight"].shape == (10, 32)
+    assert net.data_config == {"image_size": 28, "mean": [pytest.approx(0.5)], "std": [pytest.approx(0.5)]}
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_timm_export_reloads_to_identical_logits(tmp_path):
+    net = TimmBackbone(
+        "vit_tiny_patch16_224",
+        num_classes=3,
+        pretrained=False,
+        img_size=8,
+        in_chans=1,
+        patch_size=2,
+        model_kwargs=TINY_TIMM,
+        class_names=["a", "b", "c"],
+    ).eval()
+    net.save_pretrained(tmp_path / "out", mean=[0.2], std=[0.3])
+    x = torch.randn(2, 1, 8, 8)
+    plain = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    torch.testing.assert_close(plain(x), net(x), rtol=0, atol=0)
+    adapter = TimmBackbone(f"local-dir:{tmp_path / 'out'}", num_classes=3, in_chans=1).eval()
+    torch.testing.assert_close(adapter(x), net(x), rtol=0, atol=0)
+    # the normalisation training used travels with the weights
+    assert adapter.data_config == {"image_size": 8, "mean": [pytest.approx(0.2)], "std": [pytest.approx(0.3)]}
+
+
+def test_timm_layer_ids_follow_timms_grouping():
+    net = TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=False, model_kwargs=TINY_TIMM)
+    assert net.num_layers == 4  # stem, two blocks (the final norm with the last), head
+    assert net.layer_id("model.pos_embed") == 0
+    assert net.layer_id("model.blocks.0.attn.qkv.weight") == 1
+    assert net.layer_id("model.norm.weight") == 2
+    assert net.layer_id("model.head.weight") == 3
+    assert "model.pos_embed" in net.no_weight_decay()
+
+
+def test_timm_misuse_gives_clear_errors(tmp_path, timm_file, monkeypatch):
+    with pytest.raises(ConfigError, match="not a timm model"):
+        TimmBackbone("vit_tinyy_patch16_224", num_classes=3)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        TimmBackbone("vit_tiny_patch16_224", num_classes=3, checkpoint_path=str(tmp_path / "none.pth"))
+    path, _ = timm_file  # a ViT-Tiny state dict is not a ViT-Small
+    with pytest.raises(CheckpointError, match="not a state dict of timm model vit_small_patch16_224"):
+        TimmBackbone(
+            "vit_small_patch16_224", num_classes=3, checkpoint_path=str(path), model_kwargs=dict(depth=2)
+        )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    with pytest.raises(UserError, match=r"HF_HUB_OFFLINE=1.*checkpoint_path"):
+        TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=True, model_kwargs=TINY_TIMM)

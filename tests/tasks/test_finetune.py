@@ -1,0 +1,250 @@
+"""Fine-tuning: layer-wise lr decay, frozen backbones, the data hand-off, and whole runs through
+``train(cfg)`` with pretrained backbones that export and reload to identical logits."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import pytest
+import timm
+import torch
+from transformers import AutoImageProcessor, ViTForImageClassification
+
+from tests.conftest import FAST
+from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
+from vit_rpe.data import DigitsDataModule
+from vit_rpe.models.pretrained import HFViT, TimmBackbone
+from vit_rpe.tasks import ImageClassifier
+from vit_rpe.tasks.finetune import FineTuning, apply_data_config, layer_decay_groups
+from vit_rpe.train import train
+from vit_rpe.utils.errors import ConfigError, UserError
+from vit_rpe.utils.run import user_error_of
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The FAST trainer settings; the model.net sizes there belong to the from-scratch ViT.
+TRAINER_FAST = tuple(o for o in FAST if not o.startswith("model."))
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return save_tiny_hf_vit(tmp_path_factory.mktemp("hf_tiny"))
+
+
+def lr_by_param(groups: list[dict], net) -> dict[str, float]:
+    names = {id(p): n for n, p in net.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+
+
+# --- layer-wise learning-rate decay -----------------------------------------------------------
+
+
+def test_layer_decay_gives_each_layer_its_learning_rate(hf_folder):
+    net = HFViT(str(hf_folder), num_classes=3)
+    groups = layer_decay_groups(net, weight_decay=0.05, layer_decay=0.5, lr=1.0)
+    lrs = lr_by_param(groups, net)
+    assert lrs["model.classifier.weight"] == 1.0  # head: x1
+    assert lrs["model.vit.layernorm.weight"] == 0.5  # final norm: with the last block
+    block = {i: {v for k, v in lrs.items() if f"layers.{i}." in k or f"layer.{i}." in k} for i in (0, 1)}
+    assert block == {1: {0.5}, 0: {0.25}}  # last block x0.5, first x0.25
+    assert lrs["model.vit.embeddings.patch_embeddings.projection.weight"] == 0.125  # embeddings lowest
+    assert {g["weight_decay"] for g in groups if g["params"][0].ndim == 1} == {0.0}  # biases and norms
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+
+
+def test_layer_decay_through_the_task_for_timm_and_the_scratch_vit():
+    optimizer = {"_target_": "torch.optim.AdamW", "lr": 0.1, "weight_decay": 0.05}
+    timm_net = TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=False, model_kwargs=TINY_TIMM)
+    task = ImageClassifier(timm_net, num_classes=3, optimizer=optimizer, finetune={"layer_decay": 0.5})
+    optim = task.make_optimizer(task.trainable_param_groups())
+    lrs = lr_by_param(optim.param_groups, timm_net)
+    assert lrs["model.head.weight"] == pytest.approx(0.1)
+    assert lrs["model.blocks.1.mlp.fc1.weight"] == pytest.approx(0.05)
+    assert lrs["model.blocks.0.mlp.fc1.weight"] == pytest.approx(0.025)
+    assert lrs["model.pos_embed"] == pytest.approx(0.0125)
+
+    from vit_rpe.models import VisionTransformer
+
+    scratch = VisionTransformer(
+        img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=16, depth=3, num_heads=2
+    )
+    lrs = lr_by_param(layer_decay_groups(scratch, 0.05, 0.5, lr=1.0), scratch)
+    assert lrs["head.weight"] == 1.0 and lrs["norm.weight"] == 0.5
+    assert lrs["blocks.2.norm1.weight"] == 0.5 and lrs["blocks.0.norm1.weight"] == 0.125
+    assert lrs["pos_embed"] == 0.0625
+
+
+def test_finetune_options_are_validated():
+    with pytest.raises(ConfigError, match="linear_probe"):
+        FineTuning.from_config({"mode": "probe"})
+    with pytest.raises(ConfigError, match="layer_decay"):
+        FineTuning.from_config({"layer_decay": 1.5})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        FineTuning.from_config({"freeze_epochs": 1})
+
+
+# --- frozen backbones -------------------------------------------------------------------------
+
+
+class GradientProbe(L.Callback):
+    """Per epoch: did any backbone / head parameter get a gradient, and did it change?"""
+
+    def __init__(self):
+        self.backbone_grad: dict[int, bool] = {}
+        self.head_grad: dict[int, bool] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        head = {id(p) for p in pl_module.net.get_classifier().parameters()}
+        params = list(pl_module.net.parameters())
+        epoch = trainer.current_epoch
+        self.backbone_grad[epoch] = self.backbone_grad.get(epoch, False) or any(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in params if id(p) not in head
+        )
+        self.head_grad[epoch] = self.head_grad.get(epoch, False) or any(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in params if id(p) in head
+        )
+
+
+def fit_tiny(hf_folder, tmp_path, finetune: dict, epochs: int = 2):
+    torch.manual_seed(0)
+    net = HFViT(str(hf_folder), num_classes=10, in_chans=1)
+    task = ImageClassifier(
+        net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-2}, finetune=finetune
+    )
+    data = DigitsDataModule(batch_size=32)
+    apply_data_config(data, net)
+    probe = GradientProbe()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, datamodule=data)
+    changed = {n for n, p in net.named_parameters() if not torch.equal(before[n], p)}
+    return probe, changed, net
+
+
+def test_backbone_frozen_for_the_first_epoch_then_trained(hf_folder, tmp_path):
+    probe, changed, net = fit_tiny(hf_folder, tmp_path, {"freeze_backbone_epochs": 1})
+    assert probe.backbone_grad == {0: False, 1: True}  # no gradient while frozen, then unfrozen
+    assert probe.head_grad == {0: True, 1: True}
+    assert "model.vit.embeddings.patch_embeddings.projection.weight" in changed
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_linear_probe_trains_the_head_only(hf_folder, tmp_path):
+    probe, changed, _ = fit_tiny(hf_folder, tmp_path, {"mode": "linear_probe", "layer_decay": 0.75})
+    assert probe.backbone_grad == {0: False, 1: False} and probe.head_grad == {0: True, 1: True}
+    assert changed == {"model.classifier.weight", "model.classifier.bias"}
+
+
+def test_apply_data_config_sets_the_device_transform(hf_folder):
+    data = DigitsDataModule(batch_size=8)
+    apply_data_config(data, HFViT(str(hf_folder), num_classes=10, in_chans=1))
+    assert data.transform.image_size == (16, 16) and data.image_size == 16
+    images = torch.full((2, 1, 8, 8), 255, dtype=torch.uint8)
+    out = data.transform(images)
+    torch.testing.assert_close(out, torch.full((2, 1, 16, 16), (1 - 0.4) / 0.25))  # the processor's mean/std
+
+
+# --- whole runs -------------------------------------------------------------------------------
+
+
+def test_hf_vit_fine_tunes_on_digits_and_exports_a_reloadable_folder(train_config, hf_folder):
+    cfg = train_config(
+        *TRAINER_FAST,
+        "model=hf_vit",
+        f"model.net.name_or_path={hf_folder}",
+        "data=digits",
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=null",
+        "trainer.limit_test_batches=null",
+        "model.optimizer.lr=1e-2",
+        "model.scheduler.warmup_epochs=0",
+        fast=False,
+    )
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.25  # chance is 0.1: the tiny random ViT learns (0.36 measured)
+    export = metrics["export_dir"]
+
+    reloaded = ViTForImageClassification.from_pretrained(export).eval()
+    processor = AutoImageProcessor.from_pretrained(export)
+    assert reloaded.config.id2label == {i: str(i) for i in range(10)}
+    assert processor.size["height"] == 16 and list(processor.image_mean) == pytest.approx([0.4] * 3)
+
+    best = ImageClassifier.load_from_checkpoint(metrics["best_ckpt"], map_location="cpu").eval()
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=images).logits, best(images), rtol=0, atol=0)
+
+
+def test_timm_vit_trains_on_digits_and_exports_a_reloadable_folder(train_config):
+    cfg = train_config(
+        *TRAINER_FAST,
+        "model=timm_vit",
+        "model.net.name=vit_tiny_patch16_224",
+        "model.net.pretrained=false",
+        "model.net.img_size=8",
+        "model.net.patch_size=2",
+        *(f"+model.net.model_kwargs.{k}={v}" for k, v in TINY_TIMM.items()),
+        "model.finetune.layer_decay=0.75",
+        "data=digits",
+        fast=False,
+    )
+    metrics = train(cfg)
+    assert metrics["trainable_params"] == metrics["params"]
+    plain = timm.create_model(f"local-dir:{metrics['export_dir']}", pretrained=True).eval()
+    best = ImageClassifier.load_from_checkpoint(metrics["best_ckpt"], map_location="cpu").eval()
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), best(images), rtol=0, atol=0)
+    assert plain.pretrained_cfg["mean"] == pytest.approx(DigitsDataModule.default_mean)  # what training used
+
+
+@pytest.mark.parametrize("model", ["hf_vit", "timm_vit"])
+def test_rpe_with_a_pretrained_model_is_a_config_error(train_config, hf_folder, model):
+    cfg = train_config(
+        *TRAINER_FAST,
+        f"model={model}",
+        f"model.net.name_or_path={hf_folder}" if model == "hf_vit" else "model.net.pretrained=false",
+        "rpe=exp",
+        fast=False,
+    )
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    error = user_error_of(info.value)
+    assert isinstance(error, ConfigError) and "rpe=exp works with the from-scratch ViT only" in str(error)
+
+
+def test_an_unreachable_hub_model_is_one_clear_error(train_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    cfg = train_config(*TRAINER_FAST, "model=hf_vit", fast=False)
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    error = user_error_of(info.value)
+    assert isinstance(error, UserError)
+    assert "google/vit-base-patch16-224-in21k" in str(error) and "local folder" in str(error)
+
+
+def test_experiments_compose(train_config):
+    for name, target in [
+        ("tinyimagenet_finetune", "HFViT"),
+        ("cifar10_finetune", "HFViT"),
+        ("mnist_vit_small_pretrained_vs_scratch", "TimmBackbone"),
+        ("scene_folder_finetune", "TimmBackbone"),
+    ]:
+        cfg = train_config(f"experiment={name}", fast=False)
+        assert cfg.model.net._target_.endswith(target), name
+        assert cfg.rpe.family == "none"
