@@ -59,7 +59,7 @@ def decode_image(item, size: int, in_chans: int) -> np.ndarray:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         where = f"the image file {name}" if name else "an image"
         raise DataError(f"{where} cannot be decoded ({err}): replace or delete it") from err
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)  # a writable copy
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
@@ -221,7 +221,8 @@ class DecodedImageDataModule(ImageDataModule):
         for name, index in zip(names, parts):
             if len(index) == 0:
                 raise DataError(
-                    f"the {name} split of {self.cache_name} is empty: use more images or larger sizes"
+                    f"the {name} split of {self.cache_name} is empty (each class gives it a rounded share): "
+                    f"raise data.{name}_size or add images"
                 )
             if isinstance(images, torch.Tensor):
                 splits[name] = (images[index], labels[index])

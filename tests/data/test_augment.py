@@ -1,0 +1,107 @@
+"""Device-side crop/flip against a reference, mixup/cutmix soft targets, RandAugment, on-device batches."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vit_rpe.data import CIFAR10DataModule
+from vit_rpe.data.synthetic import write_cifar10
+from vit_rpe.utils.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root, n_train=100, n_test=20)
+    return root
+
+
+def datamodule(root, **kwargs):
+    plain = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), val_size=0.2, download=False, batch_size=16)
+    dm = CIFAR10DataModule(root, **{**plain, **kwargs})
+    # what the datamodule asks of a trainer
+    strategy = SimpleNamespace(root_device=torch.device("cpu"))
+    dm.trainer = SimpleNamespace(training=True, strategy=strategy, global_rank=0, current_epoch=0)
+    return dm
+
+
+def test_crop_and_flip_match_a_reference(cifar_dir):
+    dm = datamodule(cifar_dir, crop_padding=4, hflip=1.0)
+    images, labels = next(iter(dm.train_dataloader()))
+    out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(out_labels, labels) and out.shape == images.shape
+    padded = F.pad(images.float() / 255, (4, 4, 4, 4)).flip(-1)  # every image flipped (p=1)
+    offsets = []
+    for i in range(len(images)):
+        hits = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.allclose(out[i], padded[i, :, dy : dy + 32, dx : dx + 32], atol=1e-6)
+        ]
+        assert hits, f"image {i} is no 32x32 window of its padded, flipped self"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 3  # windows are drawn per image
+    dm.trainer.training = False  # evaluation: no augmentation at all
+    plain, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.allclose(plain, images.float() / 255)
+
+
+def test_mixup_soft_targets_and_pixels(cifar_dir):
+    dm = datamodule(cifar_dir, mixup=0.8)
+    images, labels = next(iter(dm.train_dataloader()))
+    x = images.float() / 255
+    out, targets = dm.on_after_batch_transfer((images, labels), 0)
+    assert targets.shape == (16, 10) and torch.allclose(targets.sum(1), torch.ones(16))
+    i = next(i for i in range(16) if labels[i] != labels[15 - i])  # paired with a different class
+    lam = targets[i, labels[i]].item()  # one weight for the whole batch
+    onehot = F.one_hot(labels, 10).float()
+    assert torch.allclose(targets, lam * onehot + (1 - lam) * onehot.flip(0), atol=1e-6)
+    assert torch.allclose(out, lam * x + (1 - lam) * x.flip(0), atol=1e-5)
+
+
+def test_cutmix_pastes_boxes_with_the_area_as_weight(cifar_dir):
+    dm = datamodule(cifar_dir, cutmix=1.0)
+    images, labels = next(iter(dm.train_dataloader()))
+    x = images.float() / 255
+    out, targets = dm.on_after_batch_transfer((images, labels), 0)
+    from_self = (out == x).all(1)  # [B, H, W] pixels kept
+    from_partner = (out == x.flip(0)).all(1) & ~from_self
+    assert torch.all(from_self | from_partner | (x == x.flip(0)).all(1))
+    pasted = (~from_self).float().mean().item()  # one box for the whole batch
+    i = next(i for i in range(16) if labels[i] != labels[15 - i])
+    assert targets[i, labels[i]].item() == pytest.approx(1 - pasted, abs=0.02)
+
+
+def test_mixup_needs_even_batches_and_drops_the_odd_tail(cifar_dir):
+    with pytest.raises(ConfigError, match="even"):
+        datamodule(cifar_dir, mixup=0.2, batch_size=15)
+    dm = datamodule(cifar_dir, mixup=0.2, batch_size=32)  # 80 training images: 2 full batches
+    assert [len(b[0]) for b in dm.train_dataloader()] == [32, 32]
+
+
+def test_randaugment_changes_training_images_only(cifar_dir):
+    plain = datamodule(cifar_dir)
+    augmented = datamodule(cifar_dir, randaugment="rand-m9-mstd0.5-n2")
+    a, la = next(iter(plain.train_dataloader()))
+    b, lb = next(iter(augmented.train_dataloader()))
+    assert b.dtype == torch.uint8 and b.shape == a.shape and torch.equal(la, lb)
+    assert not torch.equal(a, b)
+    assert torch.equal(next(iter(plain.val_dataloader()))[0], next(iter(augmented.val_dataloader()))[0])
+    with pytest.raises(ConfigError, match="RandAugment"):
+        datamodule(cifar_dir, randaugment="nonsense").train_dataloader()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_device_gathers_batches_on_the_gpu(cifar_dir):
+    dm = datamodule(cifar_dir, on_device=True, crop_padding=4, hflip=0.5)
+    dm.to_device("cuda")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.is_cuda and images.dtype == torch.uint8 and labels.is_cuda
+    out, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert out.is_cuda and out.dtype == torch.float32

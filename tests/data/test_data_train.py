@@ -1,0 +1,71 @@
+"""One training run per datamodule through ``train(cfg)``, composed from the real data configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from vit_rpe.data.synthetic import (
+    tiny_wnids,
+    write_cifar10,
+    write_hf_parquet,
+    write_image_folder,
+    write_tiny_imagenet,
+)
+from vit_rpe.train import train
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("formats")
+    write_cifar10(root / "cifar", n_train=100, n_test=20)
+    write_tiny_imagenet(root / "tiny", per_class=2, val_per_class=1)
+    write_hf_parquet(root / "tiny_hub", tiny_wnids(), {"train": 400, "valid": 200})
+    write_image_folder(root / "folder", classes=("ant", "bee", "cow"), per_class=10)
+    write_hf_parquet(root / "hub", ["cat", "dog"], {"train": 20, "test": 6}, size=48)
+    return root
+
+
+CASES = {
+    "cifar10": ("data=cifar10", "data.data_dir={root}/cifar", "data.val_size=0.2", "data.download=false"),
+    "cifar10_mixup": (
+        "data=cifar10",
+        "data.data_dir={root}/cifar",
+        "data.val_size=0.2",
+        "data.mixup=0.8",
+        "data.cutmix=1.0",
+        "data.batch_size=32",
+    ),
+    "tiny_imagenet_folder": ("data=tiny_imagenet", "data.data_dir={root}/tiny", "data.val_size=0.5"),
+    "tiny_imagenet_hf": (
+        "data=tiny_imagenet",
+        "data.data_dir={root}/tiny_hub_cache",
+        "data.source=hf",
+        "data.hf_path={root}/tiny_hub",
+        "data.val_size=0.5",
+    ),
+    "image_folder": ("data=image_folder", "data.data_dir={root}/folder", "data.image_size=16"),
+    "hf": ("data=hf", "data.data_dir={root}/hub", "data.image_size=16", "data.val_size=0.25"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_training_run_per_datamodule(case, fixtures, train_config):
+    overrides = [o.format(root=fixtures) for o in CASES[case]]
+    cfg = train_config(
+        *overrides,
+        "data.batch_size=16" if "mixup" not in case else "data.batch_size=32",
+        "model.net.patch_size=4",
+    )
+    metrics = train(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    written = json.loads((output_dir / "metrics.json").read_text())
+    assert written["test/acc"] == pytest.approx(metrics["test/acc"]) and 0 <= written["test/acc"] <= 1
+    saved = OmegaConf.load(output_dir / "config.yaml")
+    expected_classes = {"image_folder": 3, "hf": 2}.get(case, 200 if "tiny" in case else 10)
+    assert saved.data.num_classes == expected_classes == saved.model.num_classes  # filled from disk
+    if expected_classes > 10:
+        assert "test/acc_top5" in written
