@@ -17,6 +17,7 @@ backbone: the adapters refuse them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -348,7 +349,7 @@ class HFViT(nn.Module):
         """The model (with its label maps) and its image processor, set to the preprocessing used."""
         size = image_size or self.image_size
         height, width = (size, size) if isinstance(size, int) else size
-        processor = self.processor
+        processor = copy.deepcopy(self.processor)
         processor.size = {"height": int(height), "width": int(width)}
         if mean is not None:  # the model takes RGB even when the data were grey
             channels = self.model.config.num_channels
