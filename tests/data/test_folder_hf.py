@@ -105,6 +105,8 @@ def test_hf_bad_columns_and_offline_hub(hub_copy, tmp_path):
         HFImageDataModule(data_dir=hub_copy, train_split="training")
     with pytest.raises(DataError, match=r"data/train-\*.parquet"):  # HF_HUB_OFFLINE=1 in conftest
         HFImageDataModule(hf_path="someone/some-dataset", data_dir=tmp_path)
+    with pytest.raises(DataError, match=r"data\.hf_path is not set"):
+        HFImageDataModule(data_dir=tmp_path / "nothing")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(DataError, match="not a readable parquet file"):

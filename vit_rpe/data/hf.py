@@ -193,6 +193,11 @@ class HFImageDataModule(DecodedImageDataModule):
         num_classes: int | None = None,
         **kwargs,
     ):
+        if hf_path is None and not Path(data_dir).is_dir():
+            raise DataError(
+                f"data.hf_path is not set and data.data_dir={data_dir} is no local copy of an HF dataset: "
+                "set data.hf_path to a hub id, or data.data_dir to a folder with data/<split>-*.parquet"
+            )
         self.source = HFSource(
             hf_path or data_dir,
             hf_name,
