@@ -14,10 +14,12 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.data import fill_data_metadata
 from vit_rpe.tasks.finetune import apply_data_config, export_pretrained, fill_class_names
+from vit_rpe.utils.checkpoint import check_fits, continue_csv_logs, read_task_checkpoint, resume_config
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
     instantiate_named,
@@ -38,7 +40,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         return None
     path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
-        hint = "run with hydra.run.dir=<the run directory> to resume it" if ckpt_path == "last" else ""
+        hint = "resume a run with resume_dir=<its run directory>" if ckpt_path == "last" else ""
         raise CheckpointError(f"checkpoint {path} does not exist; {hint or 'check ckpt_path'}")
     return str(path)
 
@@ -48,13 +50,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
+    cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
     # Data first: a datamodule may count its classes on disk; the model config interpolates them.
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     fill_data_metadata(cfg, datamodule)
     OmegaConf.resolve(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("data: %s", cfg.data._target_)
@@ -65,11 +70,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if ckpt_path:  # fail before training on a checkpoint of another model; keep the CSV log going
+        ckpt = read_task_checkpoint(ckpt_path)
+        check_fits(model, ckpt, ckpt_path)
+        continue_csv_logs(loggers, int(ckpt.get("global_step", 0)))
+        del ckpt
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
 
     test_metrics: dict[str, Any] = {}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from vit_rpe.data.augment import RandAugmentImages, build_mixup
 from vit_rpe.data.transforms import DeviceTransform
@@ -40,6 +40,24 @@ class TensorImageDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> Split:
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the order an uninterrupted
+    one would. The epoch is read when iteration starts (``epoch_fn``): Lightning fetches the first
+    batch of a resumed run before it calls ``set_epoch``. Under DDP Lightning swaps in a
+    DistributedSampler (seed = the global seed), which splits this same order across the ranks."""
+
+    def __init__(self, data_source, seed: int, epoch_fn: Callable[[], int] | None = None):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed, self.epoch_fn, self.epoch = seed, epoch_fn, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + (self.epoch_fn() if self.epoch_fn else self.epoch))
+        return super().__iter__()
 
 
 def collate_gathered(batch):
@@ -140,6 +158,9 @@ class ImageDataModule(L.LightningDataModule):
             self.splits = self.load_splits()
             if self.on_device and self.trainer is not None:
                 self.to_device(self.trainer.strategy.root_device)
+        if self.trainer is not None and self.transform.generator is None:  # each rank augments differently
+            generator = torch.Generator(self.trainer.strategy.root_device)
+            self.transform.generator = generator.manual_seed(self.seed + self.trainer.global_rank)
 
     def to_device(self, device: torch.device | str) -> None:
         """Move the in-memory uint8 splits to ``device`` once: batches are then gathered there."""
@@ -171,15 +192,19 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(dataset, self.seed, self.current_epoch) if shuffle else None,
             # timm's Mixup mixes pairs: every training batch must have an even size
             drop_last=name == "train" and self.mixup is not None,
             num_workers=workers,
             pin_memory=pin and not on_device,
             collate_fn=collate_gathered,
             persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # its own generator: making an iterator draws a worker seed, which must not move the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

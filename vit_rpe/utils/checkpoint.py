@@ -1,0 +1,223 @@
+"""Checkpoints at the boundary: read them safely, check they fit the model, resume runs.
+
+Everything here turns a bad checkpoint into a ``CheckpointError`` that names the file and the
+fix, and loads with ``weights_only=True`` (no pickled code runs). Formats:
+
+- Lightning checkpoints of ``vit_rpe.tasks.ImageClassifier`` (``*.ckpt``): weights, optimizer,
+  loop state, and the backbone config in ``hyper_parameters``;
+- plain state dicts of the backbone (``*.pt``, ``*.pth``, ``*.bin``, ``*.safetensors``), keys as
+  in ``net.state_dict()`` (a ``net.`` prefix, as in the task's state dict, is accepted).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from vit_rpe.utils.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("vit_rpe.checkpoint")
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents on CPU; a clear error when it is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
+    if path.is_dir():
+        example = path / "checkpoints" / "last.ckpt"
+        raise CheckpointError(f"checkpoint {path} is a directory: give a file, e.g. {example}")
+    try:
+        if path.suffix in SAFETENSORS_SUFFIXES:
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu"))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or holding pickled objects we refuse to run
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+            "the file is corrupt or not a PyTorch/safetensors checkpoint"
+        ) from None
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict of tensors")
+    return dict(loaded)
+
+
+def is_task_checkpoint(ckpt: Mapping[str, Any]) -> bool:
+    hparams = ckpt.get("hyper_parameters")
+    return "state_dict" in ckpt and isinstance(hparams, Mapping) and isinstance(hparams.get("net"), Mapping)
+
+
+def read_task_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint of ``ImageClassifier`` (with its backbone config), or an error."""
+    ckpt = read_checkpoint(path)
+    if not is_task_checkpoint(ckpt):
+        what = "a plain state dict" if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "not"
+        raise CheckpointError(
+            f"{path} is {what} a Lightning checkpoint of vit_rpe.tasks.ImageClassifier (no state_dict and "
+            "hyper_parameters.net): use a .ckpt from a run's checkpoints/ folder, or load plain backbone "
+            "weights with vit_rpe.utils.checkpoint.load_net_weights"
+        )
+    return ckpt
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """'' when the keys and shapes agree, else a short description of what differs."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for name, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)):
+        if keys:
+            parts.append(f"{len(keys)} {name} (e.g. {', '.join(keys[:3])})")
+    return "; ".join(parts)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with torch.compile's ``_orig_mod.`` removed, as checkpoints store it."""
+    return {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}
+
+
+def check_fits(model: nn.Module, ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """The checkpoint's weights have the model's parameter names and shapes."""
+    state = ckpt.get("state_dict", ckpt)
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    mismatch = state_dict_mismatch(model_state(model), state)
+    if mismatch:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: {mismatch}. It was saved from another model "
+            "config: use the config it was trained with (config.yaml in its run directory)"
+        )
+
+
+def load_net_weights(net: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load backbone weights from a plain state dict or a task checkpoint, safely, into ``net``."""
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"] if is_task_checkpoint(ckpt) else ckpt
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    if state and all(k.startswith("net.") for k in state):
+        state = {k[len("net.") :]: v for k, v in state.items()}
+    expected = model_state(net)
+    mismatch = state_dict_mismatch(expected, state)
+    if mismatch and (strict or any(k in state and state[k].shape != expected[k].shape for k in expected)):
+        raise CheckpointError(f"weights in {path} do not fit this backbone: {mismatch}")
+    target = net._orig_mod if hasattr(net, "_orig_mod") else net
+    target.load_state_dict(state, strict=strict)
+    return net
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(read_checkpoint(path).get("global_step", 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming a run in its own directory
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """``resume_dir=<run dir>``: the run's saved config, with this command's key=value overrides.
+
+    The saved ``config.yaml`` says what the run was (model, data, trainer, seed); overrides given
+    with ``resume_dir`` change it (``trainer.max_epochs=20`` trains on). Config groups
+    (``model=...``) cannot be switched on a run that already has weights of one model.
+    """
+    resume_dir = cfg.get("resume_dir")
+    if not resume_dir:
+        return cfg
+    run_dir = Path(resume_dir)
+    saved_path = run_dir / "config.yaml"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"resume_dir={resume_dir} is not a directory: give the run directory to resume")
+    if not saved_path.is_file():
+        raise CheckpointError(f"resume_dir={resume_dir} has no config.yaml: not a training run directory")
+    if not last.is_file() and not cfg.get("ckpt_path"):
+        raise CheckpointError(
+            f"{last} does not exist: the run saved no checkpoint to resume from (it stopped before its "
+            "first epoch ended, or ran with callbacks.model_checkpoint=null); start a new run"
+        )
+    text = saved_path.read_text()
+    saved = OmegaConf.create(text)
+    old_dir = str(saved.paths.output_dir)
+    if Path(old_dir).resolve() != run_dir.resolve():  # the run directory was moved or copied
+        saved = OmegaConf.create(text.replace(old_dir, str(run_dir)))
+    apply_overrides(saved, task_overrides(), saved_path)
+    saved.paths.output_dir = str(run_dir)
+    saved.resume_dir = str(run_dir)
+    saved.ckpt_path = cfg.get("ckpt_path") or "last"
+    return saved
+
+
+def task_overrides() -> list[str]:
+    """This command line's overrides (not hydra.*), when Hydra composed the config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def apply_overrides(saved: DictConfig, overrides: Iterable[str], saved_path: Path) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key in ("resume_dir", "ckpt_path") or key.startswith("hydra."):
+            continue
+        value = override.value()
+        if "." not in key and isinstance(value, str) and isinstance(saved.get(key), DictConfig):
+            groups.append(override.input_line)
+            continue
+        if override.is_delete():
+            OmegaConf.update(saved, key, None, force_add=True)
+            continue
+        OmegaConf.update(saved, key, value, merge=False, force_add=True)
+    if groups:
+        raise ConfigError(
+            f"resume_dir continues the run with its saved config ({saved_path}); config groups cannot be "
+            f"switched when resuming: drop {' '.join(groups)} (key=value overrides such as "
+            "trainer.max_epochs=20 are applied), or start a new run"
+        )
+
+
+def continue_csv_logs(loggers: Iterable[Any], global_step: int) -> None:
+    """Keep a resumed run's metrics.csv: Lightning's CSVLogger deletes it when it opens the folder.
+
+    Rows up to the checkpoint's step are kept (rows logged after it are redone by the resumed
+    run), and new rows are appended under the same header.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if not row.get("step") or float(row["step"]) <= global_step]
+        writer = logger.experiment  # opening the folder removes metrics.csv; write the kept rows back
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = header
+        log.info("continuing %s (%d rows kept)", path, len(rows))
