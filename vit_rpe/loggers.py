@@ -50,18 +50,20 @@ def can_reach(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (DNS included)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    reached = threading.Event()
+    reached: list[bool] = []
 
     def connect() -> None:
         try:
             socket.create_connection((parts.hostname, port), timeout=timeout).close()
-            reached.set()
+            reached.append(True)
         except OSError:
             pass
 
     # A thread, because name resolution ignores socket timeouts and can hang on a dead network.
-    threading.Thread(target=connect, daemon=True).start()
-    return reached.wait(timeout)
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(reached)
 
 
 def choose_wandb_mode(offline: bool | None = None) -> tuple[str | None, str]:

@@ -158,7 +158,7 @@ def labels(runs: Sequence[Run], root: Path) -> list[str]:
         return [k for k in keys if len({str(item.get(k)) for item in items}) > 1]
 
     def pick(items: list[dict[str, Any]], keys: list[str]) -> list[str]:
-        return [", ".join(f"{k.rsplit('.', 1)[-1]}={item.get(k)}" for k in keys) for item in items]
+        return [", ".join(f"{k.rsplit('.', 1)[-1]}={short(item.get(k))}" for k in keys) for item in items]
 
     overrides = [dict(o.split("=", 1) for o in run.overrides if "=" in o) for run in runs]
     names = [describe(run) for run in runs]
@@ -169,6 +169,15 @@ def labels(runs: Sequence[Run], root: Path) -> list[str]:
             if len(set(found)) == len(found):
                 return found
     return [relative(run.dir, root) for run in runs]
+
+
+def short(value: Any) -> str:
+    """Sampled numbers (an Optuna learning rate) to three significant digits."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if number.is_integer() else f"{number:.3g}"
 
 
 def relative(path: Path, root: Path) -> str:
