@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_rpe.models.rpe import AUTO_DENSE_MAX_TOKENS, build_rpe, fft_size
+from vit_rpe.models.rpe import AUTO_DENSE_MAX_TOKENS, AUTO_FFT_MIN_TOKENS, build_rpe, fft_size
 
 GRID = (7, 9)  # non-square on purpose
 CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
@@ -117,11 +117,15 @@ def test_bad_names_are_rejected():
 
 def test_auto_rule():
     tiny = int(AUTO_DENSE_MAX_TOKENS**0.5)
+    big = math.ceil(AUTO_FFT_MIN_TOKENS**0.5)
     assert build_rpe("exp", (tiny, tiny), 2).impl == "dense"
-    assert build_rpe("exp", (32, 32), 2).impl == "kron"
-    assert build_rpe("exp", (32, 32), 2, distance="l2").impl == "fft"
-    assert build_rpe("poly", (32, 32), 2).impl == "fft"
-    assert build_rpe("general", (32, 32), 2).impl == "fft"
+    assert build_rpe("exp", (tiny + 1, tiny + 1), 2).impl == "kron"
+    assert build_rpe("poly", (tiny + 1, tiny + 1), 2).impl == (
+        "fft" if (tiny + 1) ** 2 >= AUTO_FFT_MIN_TOKENS else "dense"
+    )
+    for family, distance in [("exp", "l2"), ("poly", "l1"), ("general", "l1")]:
+        assert build_rpe(family, (big, big), 2, distance=distance).impl == "fft"
+    assert build_rpe("exp", (big, big), 2).impl == "kron"
 
 
 @pytest.mark.parametrize("family,distance", CASES)

@@ -31,9 +31,11 @@ FAMILIES = ("none", "general", "exp", "poly")
 DISTANCES = ("l1", "l2")
 IMPLS = ("auto", "dense", "kron", "fft")
 
-# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): below this
-# many grid tokens the dense L x L product is fastest; above it kron (separable masks) or fft.
+# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): up to
+# AUTO_DENSE_MAX_TOKENS grid tokens the dense L x L product is fastest; above, kron for separable
+# masks; non-separable masks switch from dense to fft at AUTO_FFT_MIN_TOKENS.
 AUTO_DENSE_MAX_TOKENS = 64
+AUTO_FFT_MIN_TOKENS = 1024
 
 
 def inverse_softplus(y: float) -> float:
@@ -138,12 +140,15 @@ class RelativePositionMask(nn.Module):
         return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
 
     def resolve_impl(self, impl: str) -> str:
-        """``auto``: dense for tiny grids, else kron when separable, else fft (see docs/attention.md)."""
+        """``auto``: dense for small grids, kron when separable, fft for large grids (docs/attention.md)."""
         if impl != "auto":
             return impl
-        if self.grid_size[0] * self.grid_size[1] <= AUTO_DENSE_MAX_TOKENS:
+        n = self.grid_size[0] * self.grid_size[1]
+        if n <= AUTO_DENSE_MAX_TOKENS:
             return "dense"
-        return "kron" if self.separable else "fft"
+        if self.separable:
+            return "kron"
+        return "fft" if n >= AUTO_FFT_MIN_TOKENS else "dense"
 
     def distances(self, like: torch.Tensor) -> torch.Tensor:
         """Distance of every 2-D offset, [2Hg-1, 2Wg-1], in the dtype of ``like``."""
