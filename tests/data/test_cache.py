@@ -13,6 +13,7 @@ from PIL import Image
 from vit_rpe.data import ImageFolderDataModule, decoded
 from vit_rpe.data.cache import load_cache, write_cache
 from vit_rpe.data.synthetic import write_image_folder
+from vit_rpe.utils.errors import DataError
 
 
 @pytest.fixture
@@ -98,3 +99,12 @@ def test_cache_off_decodes_into_memory(folder):
     dm.setup()
     assert not (folder / ".cache").exists()
     assert dm.splits["train"][0].dtype == torch.uint8
+
+
+def test_a_corrupt_file_seen_by_a_worker_gives_the_plain_message(folder):
+    (folder / "a" / "zz_bad.jpg").write_bytes(b"garbage")
+    with pytest.raises(DataError) as info:
+        ImageFolderDataModule(folder, image_size=16, num_workers=2).setup()
+    assert str(info.value).startswith(f"the image file {folder / 'a' / 'zz_bad.jpg'} cannot be decoded")
+    assert "Traceback" not in str(info.value)
+    assert list((folder / ".cache").iterdir()) == []

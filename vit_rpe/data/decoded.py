@@ -188,9 +188,12 @@ class DecodedImageDataModule(ImageDataModule):
                 num_workers=self.num_workers,
             )
             start = 0
-            for batch, _ in loader:
-                images[start : start + len(batch)] = batch.numpy()
-                start += len(batch)
+            try:
+                for batch, _ in loader:
+                    images[start : start + len(batch)] = batch.numpy()
+                    start += len(batch)
+            except DataError as err:  # from a worker: keep the message, drop the worker's traceback
+                raise DataError(str(err).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
 
         if folder is None:
             arrays = {}
