@@ -35,7 +35,7 @@ IMPLS = ("auto", "dense", "kron", "fft")
 # AUTO_DENSE_MAX_TOKENS grid tokens the dense L x L product is fastest; above, kron for separable
 # masks; non-separable masks switch from dense to fft at AUTO_FFT_MIN_TOKENS.
 AUTO_DENSE_MAX_TOKENS = 64
-AUTO_FFT_MIN_TOKENS = 1024
+AUTO_FFT_MIN_TOKENS = 2048
 
 
 def inverse_softplus(y: float) -> float:
