@@ -2,7 +2,8 @@
 
 The official test images are unlabelled, so the labelled official validation set (50 per class)
 serves as our test set and validation is carved from the 100k training images (``val_size``,
-stratified, seeded). Labels follow the sorted wnids (folder) or the hub's ClassLabel order (hf).
+stratified, seeded). Labels follow the sorted wnids in both sources: the hub copy's ClassLabel
+lists them sorted (n01443537, n01629819, ...), as its imagefolder builder saw the train folders.
 """
 
 from __future__ import annotations
