@@ -18,6 +18,7 @@ import argparse
 import logging
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,48 +101,57 @@ def build_cases(args, root: Path) -> list[tuple[str, str, callable]]:
     n = 2000 if args.quick else 10000
     common = dict(batch_size=args.batch_size, num_workers=args.num_workers, seed=0, download=False)
     common["val_size"] = 0.1 if args.cifar_dir is None else 5000
-    cifar = args.cifar_dir or fx.write_cifar10(root / "cifar", n_train=n, n_test=n // 5).parent
+    # fixtures are written when a case first needs them, so --only skips the others
+    cifar = cache(lambda: args.cifar_dir or fx.write_cifar10(root / "cifar", n_train=n, n_test=n // 5).parent)
     per_class = 5 if args.quick else 25
-    tiny = args.tiny_dir or fx.write_tiny_imagenet(root / "tiny", per_class=per_class, val_per_class=1).parent
-    tiny_hf = args.tiny_hf or fx.write_hf_parquet(
-        root / "tiny_hf", fx.tiny_wnids(), {"train": 200 * per_class, "valid": 200}
+    tiny = cache(lambda: args.tiny_dir or fx.write_tiny_imagenet(root / "tiny", per_class=per_class).parent)
+    tiny_hf = cache(
+        lambda: (
+            args.tiny_hf
+            or fx.write_hf_parquet(
+                root / "tiny_hf", fx.tiny_wnids(), {"train": 200 * per_class, "valid": 200}
+            )
+        )
     )
-    folder = args.folder_dir or fx.write_image_folder(root / "folder", per_class=n // 30)
-    hf = args.hf_path or fx.write_hf_parquet(
-        root / "hf", ["a", "b", "c", "d"], {"train": n // 5, "test": 200}
+    folder = cache(lambda: args.folder_dir or fx.write_image_folder(root / "folder", per_class=n // 30))
+    hf = cache(
+        lambda: (
+            args.hf_path
+            or fx.write_hf_parquet(root / "hf", ["a", "b", "c", "d"], {"train": n // 5, "test": 200})
+        )
     )
     tiny_val = 0.1 if args.tiny_dir is None else 10000
     no_dl = {k: v for k, v in common.items() if k not in ("download", "val_size")}
     cifar_aug = dict(crop_padding=4, hflip=0.5)
     cases = [
-        ("cifar10", "cache, crop+flip", lambda: CIFAR10DataModule(cifar, **common, **cifar_aug)),
+        ("cifar10", "cache, crop+flip", lambda: CIFAR10DataModule(cifar(), **common, **cifar_aug)),
         (
             "cifar10",
             "cache, crop+flip+mixup+cutmix",
-            lambda: CIFAR10DataModule(cifar, **common, **cifar_aug, mixup=0.8, cutmix=1.0),
+            lambda: CIFAR10DataModule(cifar(), **common, **cifar_aug, mixup=0.8, cutmix=1.0),
         ),
         (
             "cifar10",
             "cache, crop+flip, resize to 224",
-            lambda: CIFAR10DataModule(cifar, **common, **cifar_aug, image_size=224),
+            lambda: CIFAR10DataModule(cifar(), **common, **cifar_aug, image_size=224),
         ),
         (
             "cifar10",
             "cache, RandAugment m9 (CPU, per image)",
-            lambda: CIFAR10DataModule(cifar, **common, **cifar_aug, randaugment="rand-m9-mstd0.5"),
+            lambda: CIFAR10DataModule(cifar(), **common, **cifar_aug, randaugment="rand-m9-mstd0.5"),
         ),
         (
             "tiny_imagenet",
             "folder, cache, crop+flip",
             lambda: TinyImageNetDataModule(
-                tiny, source="folder", val_size=tiny_val, crop_padding=8, hflip=0.5, **no_dl
+                tiny(), source="folder", val_size=tiny_val, crop_padding=8, hflip=0.5, **no_dl
             ),
         ),
         (
             "tiny_imagenet",
             "folder, streaming JPEG decode",
             lambda: TinyImageNetDataModule(
-                tiny, source="folder", val_size=tiny_val, crop_padding=8, hflip=0.5, max_cache_gb=0, **no_dl
+                tiny(), source="folder", val_size=tiny_val, crop_padding=8, hflip=0.5, max_cache_gb=0, **no_dl
             ),
         ),
         (
@@ -150,7 +160,7 @@ def build_cases(args, root: Path) -> list[tuple[str, str, callable]]:
             lambda: TinyImageNetDataModule(
                 root / "tiny_hf_dm",
                 source="hf",
-                hf_path=str(tiny_hf),
+                hf_path=str(tiny_hf()),
                 val_size=tiny_val,
                 crop_padding=8,
                 hflip=0.5,
@@ -160,17 +170,17 @@ def build_cases(args, root: Path) -> list[tuple[str, str, callable]]:
         (
             "image_folder",
             "cache (64 px), flip",
-            lambda: ImageFolderDataModule(folder, image_size=64, hflip=0.5, **no_dl),
+            lambda: ImageFolderDataModule(folder(), image_size=64, hflip=0.5, **no_dl),
         ),
         (
             "image_folder",
             "streaming decode+resize",
-            lambda: ImageFolderDataModule(folder, image_size=64, hflip=0.5, max_cache_gb=0, **no_dl),
+            lambda: ImageFolderDataModule(folder(), image_size=64, hflip=0.5, max_cache_gb=0, **no_dl),
         ),
         (
             "hf",
             "parquet, cache (64 px), flip",
-            lambda: HFImageDataModule(root / "hf_dm", hf_path=str(hf), image_size=64, hflip=0.5, **no_dl),
+            lambda: HFImageDataModule(root / "hf_dm", hf_path=str(hf()), image_size=64, hflip=0.5, **no_dl),
         ),
     ]
     if args.device == "cuda":
@@ -179,7 +189,7 @@ def build_cases(args, root: Path) -> list[tuple[str, str, callable]]:
             (
                 "cifar10",
                 "on_device, crop+flip",
-                lambda: CIFAR10DataModule(cifar, **common, **cifar_aug, on_device=True),
+                lambda: CIFAR10DataModule(cifar(), **common, **cifar_aug, on_device=True),
             ),
         )
     return cases
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     parser.add_argument("--max-batches", type=int, default=60, help="batches per epoch at most")
     parser.add_argument("--vit-steps", type=int, default=5)
+    parser.add_argument("--vit-batch", type=int, default=128, help="batch of the reference ViT")
     parser.add_argument("--quick", action="store_true", help="smaller generated datasets")
     parser.add_argument("--only", nargs="*", help="datamodule names to run (default: all)")
     parser.add_argument("--cifar-dir", type=Path, help="a real data_dir with cifar-10-batches-py")
@@ -209,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device)
 
-    vit = vit_train_rate(device, 128, args.vit_steps)
-    print(f"seed-003 ViT training on {device}: {vit:,.0f} images/s (batch 128); target: {20 * vit:,.0f}")
+    vit = vit_train_rate(device, args.vit_batch, args.vit_steps)
+    print(
+        f"seed-003 ViT training on {device}: {vit:,.0f} images/s (batch {args.vit_batch}); "
+        f"target: {20 * vit:,.0f}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="vit_rpe_bench_data_") as tmp:
         for name, what, make in build_cases(args, Path(tmp)):
