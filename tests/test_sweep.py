@@ -189,3 +189,18 @@ def test_slurm_launcher_config_composes(tmp_path):
         )
     assert cfg.hydra.launcher.partition == "gpu"
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_and_records_jobs(tmp_path):
+    """The SLURM launcher's local twin: each job in its own process, failures recorded the same way."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    sweep = tmp_path / "sweep"
+    launcher = ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    done = run_train_cli(
+        "-m", *launcher, "model.net.patch_size=3,2", *SWEEP_FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert done.returncode == 0
+    statuses = [json.loads((sweep / job / "metrics.json").read_text()).get("status") for job in ("0", "1")]
+    assert statuses == ["failed", None]
+    assert (sweep / ".submitit").is_dir()

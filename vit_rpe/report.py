@@ -323,7 +323,7 @@ def plot_all(runs: Sequence[Run], names: Sequence[str], out: Path) -> list[str]:
 
 def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path:
     """Write report.csv, report.md and the plots for every run below ``root``; returns report.md."""
-    root = Path(root).resolve()
+    shown, root = Path(root), Path(root).resolve()  # the path as given goes into report.md
     if not root.is_dir():
         raise UserError(f"{root} is not a directory: give a run, multirun or outputs directory")
     runs = [load_run(d) for d in find_run_dirs(root)]
@@ -339,7 +339,7 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
     lines = [
         f"# Runs in {root.name}",
         "",
-        f"{len(runs)} runs below `{root}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
+        f"{len(runs)} runs below `{shown}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
         "",
         markdown_table(rows),
         "",
