@@ -41,7 +41,8 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     """Build every ``_target_`` entry of a group of named parts (callbacks, loggers); skip nulls."""
     if not group:
         return []
-    return [instantiate(part) for part in group.values() if isinstance(part, DictConfig) and "_target_" in part]
+    parts = [part for part in group.values() if isinstance(part, DictConfig) and "_target_" in part]
+    return [instantiate(part) for part in parts]
 
 
 def to_float(value: Any) -> float | int | None:
