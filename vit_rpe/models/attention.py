@@ -119,11 +119,8 @@ class FeatureMapAttention(nn.Module):
                 num = fq @ kv  # [B, H, L, d]
                 den = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)  # [B, H, L, 1]
             else:
-                b, h, n, m = fk.shape
                 v1 = F.pad(v, (0, 1), value=1.0)  # [B, H, L, d+1]
-                z = (fk[..., :, None] * v1[..., None, :]).reshape(b, h, n, -1)  # [B, H, L, m(d+1)]
-                dz = rpe(z).reshape(b, h, n, m, -1)  # [B, H, L, m, d+1]
-                out = torch.einsum("bhlm,bhlme->bhle", fq, dz)
+                out = rpe.attend(fq, fk, v1)  # [B, H, L, d+1]: sum_m phi(q_i)_m (M Z)_i,m
                 num, den = out[..., :-1], out[..., -1:]
             out = num / den.clamp_min(self.eps)
         return out.to(dtype)

@@ -202,6 +202,34 @@ class RelativePositionMask(nn.Module):
         prefix_rows = s * (zp_sum + zg.sum((2, 3))[:, :, None])  # [B, H, 1, F]
         return torch.cat([prefix_rows.expand(-1, -1, p, -1), out + s * zp_sum], dim=2)
 
+    def attend(self, fq: torch.Tensor, fk: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """out_i = sum_m fq[i, m] (M Z)[i, m, :] with Z_j = fk_j (x) v1_j: [B, H, L, e].
+
+        The same numbers as contracting ``self(z)``, arranged so that kron and fft never slice or
+        concatenate the big [L, m*e] tensors: the prefix (cls) rows and column are contracted
+        with phi(q) first, which makes them [L, e]-sized terms.
+        """
+        b, h, n, m = fk.shape
+        e = v1.shape[-1]
+        p = self.num_prefix_tokens
+        if self.impl == "dense":
+            z = (fk[..., :, None] * v1[..., None, :]).reshape(b, h, n, m * e)
+            return torch.einsum("bhlm,bhlme->bhle", fq, self(z).reshape(b, h, n, m, e))
+        hg, wg = self.grid_size
+        fq_g = fq[:, :, p:]
+        zg = fk[:, :, p:, :, None] * v1[:, :, p:, None, :]  # [B, H, N, m, e]
+        grid = self._kron if self.impl == "kron" else self._fft
+        dg = grid(zg.reshape(b, h, hg, wg, m * e)).reshape(b, h, n - p, m, e)
+        out = torch.einsum("bhnm,bhnme->bhne", fq_g, dg)  # [B, H, N, e]
+        if not p:
+            return out
+        # Prefix rows and columns of M are all s = exp(cls_logit): rank-one terms.
+        s = self.cls_logit.exp().to(fq.dtype)[None, :, None, None]  # [1, H, 1, 1]
+        zp_sum = torch.einsum("bhpm,bhpe->bhme", fk[:, :, :p], v1[:, :, :p])  # [B, H, m, e]
+        out = out + s * (fq_g @ zp_sum)  # grid rows see the prefix keys
+        total = zp_sum + torch.einsum("bhnm,bhne->bhme", fk[:, :, p:], v1[:, :, p:])
+        return torch.cat([s * (fq[:, :, :p] @ total), out], dim=2)  # [B, H, L, e]
+
     def _kron(self, zg: torch.Tensor) -> torch.Tensor:
         """M_grid = My (x) Mx: one matmul along the grid width, one along the height."""
         hg, wg = self.grid_size
