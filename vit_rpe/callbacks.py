@@ -60,7 +60,7 @@ class NonFiniteLossGuard(L.Callback):
         raise NonFiniteLossError(
             f"the training loss is {loss.detach().float().mean().item()} at step {trainer.global_step} "
             f"(epoch {trainer.current_epoch}, batch {batch}); training stopped and {kept}. "
-            "Lower model.optimizer.lr, keep trainer.gradient_clip_val set, or use precision 32-true"
+            "Lower model.optimizer.lr, keep trainer.gradient_clip_val set, or trainer.precision=32-true"
         )
 
 

@@ -30,6 +30,7 @@ from vit_rpe.utils.run import (
     to_float,
     write_metrics,
 )
+from vit_rpe.utils.trainer import instantiate_trainer
 
 log = logging.getLogger("vit_rpe.train")
 
@@ -39,6 +40,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not ckpt_path:
         return None
     path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path={path} is a directory: give a .ckpt file, or use resume_dir=")
     if not path.is_file():
         hint = "resume a run with resume_dir=<its run directory>" if ckpt_path == "last" else ""
         raise CheckpointError(f"checkpoint {path} does not exist; {hint or 'check ckpt_path'}")
@@ -69,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     apply_data_config(datamodule, model.net)  # pretrained backbones: their input size and normalisation
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if ckpt_path:  # fail before training on a checkpoint of another model; keep the CSV log going
         ckpt = read_task_checkpoint(ckpt_path)
         check_fits(model, ckpt, ckpt_path)
@@ -83,6 +86,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     test_metrics: dict[str, Any] = {}
     if cfg.get("test", True):
+        if trainer.world_size > 1 and trainer.is_global_zero:  # ddp_spawn: test runs in new processes
+            continue_csv_logs(loggers, float("inf"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint: testing the weights the model has now")

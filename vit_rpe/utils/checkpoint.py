@@ -196,11 +196,12 @@ def apply_overrides(saved: DictConfig, overrides: Iterable[str], saved_path: Pat
         )
 
 
-def continue_csv_logs(loggers: Iterable[Any], global_step: int) -> None:
+def continue_csv_logs(loggers: Iterable[Any], global_step: float) -> None:
     """Keep a resumed run's metrics.csv: Lightning's CSVLogger deletes it when it opens the folder.
 
     Rows up to the checkpoint's step are kept (rows logged after it are redone by the resumed
-    run), and new rows are appended under the same header.
+    run), and new rows are appended under the same header. Also used before testing after
+    ``ddp_spawn`` training, whose logger lived in the worker processes.
     """
     from lightning.pytorch.loggers import CSVLogger
 

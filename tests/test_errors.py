@@ -1,0 +1,211 @@
+"""The bad-input catalogue (docs/errors.md): one test per row.
+
+Each wrong input gets one clear error naming the fix, a non-zero exit from the CLI without a
+traceback, and leaves what the user had (checkpoints, run directories) as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FAST, ROOT, compose_config
+from vit_rpe.eval import evaluate
+from vit_rpe.train import train
+from vit_rpe.utils.errors import CheckpointError, ConfigError, DataError, UserError
+from vit_rpe.utils.run import metric_for_sweeper, user_error_of
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished tiny run: config.yaml and checkpoints/last.ckpt, as a user would have."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(compose_config("train", FAST, out))
+    return out
+
+
+class Unpicklable:
+    """Stands for arbitrary pickled code: weights_only loading must refuse it."""
+
+
+def bad_files(root: Path, run_dir: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    corrupt = root / "corrupt.ckpt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    plain = root / "net.pt"
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+    torch.save({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, plain)
+    code = root / "code.ckpt"
+    torch.save({"state_dict": {}, "object": Unpicklable()}, code)
+    empty = root / "empty_dir"
+    empty.mkdir(exist_ok=True)
+    no_ckpt = root / "no_ckpt"
+    no_ckpt.mkdir(exist_ok=True)
+    (no_ckpt / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    return {"corrupt": corrupt, "plain": plain, "code": code, "empty": empty, "no_ckpt": no_ckpt}
+
+
+# id, overrides ({run}: the finished run, {name}: a file from bad_files), error type, message part
+TRAIN_ROWS = [
+    ("batch-size-zero", ["data.batch_size=0"], ConfigError, "data.batch_size must be at least 1"),
+    (
+        "num-classes-mismatch",
+        ["data.num_classes=5"],
+        ConfigError,
+        "data.num_classes=5 but this dataset has 10",
+    ),
+    ("in-chans-mismatch", ["data.in_chans=3"], ConfigError, "data.in_chans=3 but this dataset has 1"),
+    ("patch-does-not-divide", ["model.net.patch_size=3"], ConfigError, "patch_size 3 does not divide"),
+    (
+        "heads-do-not-divide",
+        ["model.net.embed_dim=30", "model.net.num_heads=4"],
+        ConfigError,
+        "embed_dim 30 is not divisible by num_heads 4",
+    ),
+    ("unknown-attention", ["model.net.attention=nope"], ConfigError, "unknown attention 'nope'"),
+    (
+        "unknown-rpe-impl",
+        ["rpe=general", "model.net.rpe_kwargs.impl=bogus"],
+        ConfigError,
+        "unknown rpe.impl 'bogus'",
+    ),
+    ("no-gpu", ["trainer=gpu"], ConfigError, "This machine has 0 CUDA GPUs"),
+    (
+        "mnist-missing-no-download",
+        ["data=mnist", "data.download=false", "paths.data_dir={empty}"],
+        DataError,
+        "MNIST files missing",
+    ),
+    (
+        "ckpt-missing",
+        ["ckpt_path=/nonexistent/model.ckpt"],
+        CheckpointError,
+        "does not exist; check ckpt_path",
+    ),
+    ("ckpt-last-in-new-run", ["ckpt_path=last"], CheckpointError, "resume a run with resume_dir"),
+    ("ckpt-is-a-directory", ["ckpt_path={run}"], CheckpointError, "is a directory"),
+    ("ckpt-corrupt", ["ckpt_path={corrupt}"], CheckpointError, "cannot read checkpoint"),
+    ("ckpt-pickled-code", ["ckpt_path={code}"], CheckpointError, "cannot read checkpoint"),
+    ("ckpt-plain-state-dict", ["ckpt_path={plain}"], CheckpointError, "is a plain state dict"),
+    (
+        "ckpt-of-another-model",
+        ["ckpt_path={run}/checkpoints/last.ckpt", "model.net.depth=2"],
+        CheckpointError,
+        "does not fit this model",
+    ),
+    ("resume-dir-missing", ["resume_dir=/nonexistent/run"], CheckpointError, "is not a directory"),
+    ("resume-dir-not-a-run", ["resume_dir={empty}"], CheckpointError, "has no config.yaml"),
+    ("resume-dir-without-checkpoint", ["resume_dir={no_ckpt}"], CheckpointError, "saved no checkpoint"),
+    (
+        "resume-switches-group",
+        ["resume_dir={run}", "model=performer"],
+        ConfigError,
+        "config groups cannot be switched",
+    ),
+    (
+        "loss-diverges",
+        ["model.optimizer.lr=1e30", "trainer.gradient_clip_val=null"],
+        UserError,
+        "the training loss is nan at step 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"), [r[1:] for r in TRAIN_ROWS], ids=[r[0] for r in TRAIN_ROWS]
+)
+def test_train_rejects(overrides, error, message, run_dir, tmp_path):
+    if "trainer=gpu" in overrides and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    files = {"run": run_dir, **bad_files(tmp_path / "files", run_dir)}
+    overrides = [o.format(**files) for o in overrides]
+    before = {
+        p: digest(p) for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".ckpt", ".yaml", ".json")
+    }
+    with pytest.raises(Exception) as raised:
+        train(
+            compose_config(
+                "train",
+                [*FAST, *overrides] if "resume_dir" not in overrides[0] else overrides,
+                tmp_path / "new_run",
+            )
+        )
+    user_error = user_error_of(raised.value)
+    assert isinstance(user_error, error), raised.value
+    assert message in str(user_error)
+    after = {p: digest(p) for p in before}
+    assert after == before  # the finished run the user had is untouched
+
+
+def test_optimized_metric_unknown():
+    with pytest.raises(UserError, match="optimized_metric='val/nope' is not among the metrics"):
+        metric_for_sweeper({"val/acc": 0.5}, "val/nope")
+
+
+EVAL_ROWS = [
+    ("eval-no-ckpt", [], ConfigError, "ckpt_path is required"),
+    (
+        "eval-image-size-mismatch",
+        ["ckpt_path={run}/checkpoints/last.ckpt", "data.image_size=16"],
+        CheckpointError,
+        "was trained with image_size=8 but the data has image_size=16",
+    ),
+    ("eval-plain-state-dict", ["ckpt_path={plain}"], CheckpointError, "is a plain state dict"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"), [r[1:] for r in EVAL_ROWS], ids=[r[0] for r in EVAL_ROWS]
+)
+def test_eval_rejects(overrides, error, message, run_dir, tmp_path):
+    files = {"run": run_dir, **bad_files(tmp_path / "files", run_dir)}
+    overrides = [o.format(**files) for o in overrides]
+    with pytest.raises(error, match=message):
+        evaluate(compose_config("eval", ["trainer=cpu", *overrides], tmp_path / "eval_run"))
+
+
+# The command line: exit status 1, the message on stderr, no traceback.
+CLI_ROWS = {
+    "cli-typo-in-key": (["trainer.max_epoch=3"], "Could not override 'trainer.max_epoch'"),
+    "cli-unknown-option": (["model=vitt"], "Could not find 'model/vitt'"),
+    "cli-user-error": (["data.batch_size=0"], "error: data.batch_size must be at least 1"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """Start every CLI row at once (each pays Python's start-up), then collect them."""
+    root = tmp_path_factory.mktemp("cli")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIT_RPE_ROOT": str(root)}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "vit_rpe.train", *args, "trainer=cpu"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, _) in CLI_ROWS.items()
+    }
+    return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
+
+
+@pytest.mark.parametrize("name", list(CLI_ROWS))
+def test_cli_rejects(name, cli_results):
+    status, _stdout, stderr = cli_results[name]
+    assert status == 1
+    assert CLI_ROWS[name][1] in stderr
+    assert "Traceback" not in stderr
