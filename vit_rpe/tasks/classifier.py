@@ -81,6 +81,18 @@ class ImageClassifier(L.LightningModule):
         if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
             self.net = torch.compile(self.net)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints store the plain backbone's names, compiled (model.compile=true) or not.
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
+        if isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):  # resuming a compiled run
+            state = {(k.replace("net.", "net._orig_mod.", 1) if k.startswith("net.") else k): v
+                     for k, v in state.items()}
+        checkpoint["state_dict"] = state
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
