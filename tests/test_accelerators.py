@@ -71,3 +71,20 @@ def test_each_rank_augments_differently(train_config):
         crops.append(dm.transform(images, train=True))
     assert not torch.equal(crops[0], crops[1])  # ranks 0 and 1 differ
     torch.testing.assert_close(crops[0], crops[2])  # and each rank's stream is reproducible
+
+
+def test_gpu_check_code_path_on_cpu(tmp_path):
+    """``python -m vit_rpe.bench gpu --cpu``: every cell trains, and the table lands between markers."""
+    from vit_rpe.bench.gpu import END, START, main
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nkept text\n")
+    argv = ["--cpu", "--data", "digits", "--batches", "2", "--models", "vit", "linear"]
+    argv += ["--rpes", "none", "exp"]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "kept text" in text and START in text and END in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| yes |" in line]
+    assert len(rows) == 4  # 2 models x 2 RPEs, all finite
+    assert main([*argv, "--out", str(out)]) == 0  # a second run replaces the section
+    assert out.read_text().count(START) == 1

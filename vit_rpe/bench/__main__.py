@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "attention": "time and memory of every kernel x RPE x impl against grid size",
     "model": "training images/s of our VisionTransformer against timm's",
     "data": "data loading throughput",
+    "gpu": "one bf16 epoch of every model x RPE through train(): images/s and peak memory",
 }
 
 
