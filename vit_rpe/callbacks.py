@@ -107,7 +107,7 @@ class LastCheckpoint(L.Callback):
         trainer.strategy.barrier("last_checkpoint")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.fast_dev_run:  # debug=fdr checkpoints nothing
             self.save(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
