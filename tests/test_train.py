@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 
 from tests.conftest import ROOT
 from vit_rpe.train import train
 from vit_rpe.utils.errors import ConfigError, DataError
-from vit_rpe.utils.run import exit_on_user_error
+from vit_rpe.utils.run import exit_on_user_error, user_error_of
 
 METRICS_KEYS = {
     "test/acc",
@@ -100,11 +101,13 @@ def test_mnist_missing_offline_is_a_clear_error(train_config, tmp_path, monkeypa
 
 
 def test_data_metadata_must_agree(train_config):
-    from hydra.utils import instantiate
-
     cfg = train_config("data.in_chans=3")
-    with pytest.raises(ConfigError, match=r"data\.in_chans=3 but this dataset has 1"):
+    with pytest.raises(SystemExit):
+        exit_on_user_error(train, cfg)
+    with pytest.raises(Exception) as err:
         instantiate(cfg.data)
+    assert isinstance(user_error_of(err.value), ConfigError)
+    assert "data.in_chans=3 but this dataset has 1" in str(user_error_of(err.value))
 
 
 def test_cli_runs_and_prints_where_the_run_is(tmp_path):
