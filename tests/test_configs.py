@@ -8,8 +8,20 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
 
-GROUPS = ["data", "model", "model/net", "rpe", "trainer", "logger", "callbacks", "paths", "hydra", "experiment",
-          "debug", "hparams_search"]
+GROUPS = [
+    "data",
+    "model",
+    "model/net",
+    "rpe",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "hydra",
+    "experiment",
+    "debug",
+    "hparams_search",
+]
 NEEDS_PLUGIN = {"hparams_search": "hydra_plugins.hydra_optuna_sweeper"}
 
 
@@ -33,7 +45,9 @@ def test_option_composes_and_resolves(group, option, tmp_path):
     cfg = compose_config("train", [f"{group}={option}"], tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation has a value
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_ == "lightning.Trainer"
-    if group in ("data", "model", "model/net", "rpe") and cfg.model.net._target_.startswith("vit_rpe.models.vit"):
+    if group in ("data", "model", "model/net", "rpe") and cfg.model.net._target_.startswith(
+        "vit_rpe.models.vit"
+    ):
         datamodule = instantiate(cfg.data)
         assert datamodule.num_classes == cfg.data.num_classes
         model = instantiate(cfg.model)

@@ -22,7 +22,14 @@ from vit_rpe.data import fill_data_metadata
 from vit_rpe.tasks import ImageClassifier
 from vit_rpe.utils.checkpoint import read_task_checkpoint
 from vit_rpe.utils.errors import CheckpointError, ConfigError
-from vit_rpe.utils.run import exit_on_user_error, instantiate_named, print_metrics, to_float, write_metrics
+from vit_rpe.utils.run import (
+    CONF_DIR,
+    exit_on_user_error,
+    instantiate_named,
+    print_metrics,
+    to_float,
+    write_metrics,
+)
 from vit_rpe.utils.trainer import instantiate_trainer
 
 log = logging.getLogger("vit_rpe.eval")
@@ -79,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     exit_on_user_error(evaluate, cfg)
 

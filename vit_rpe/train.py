@@ -22,6 +22,7 @@ from vit_rpe.tasks.finetune import apply_data_config, export_pretrained, fill_cl
 from vit_rpe.utils.checkpoint import check_fits, continue_csv_logs, read_task_checkpoint, resume_config
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
+    CONF_DIR,
     instantiate_named,
     metric_for_sweeper,
     print_config_tree,
@@ -57,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Data first: a datamodule may count its classes on disk; the model config interpolates them.
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     fill_data_metadata(cfg, datamodule)
+    fill_class_names(cfg.model.net, datamodule)  # pretrained heads: label maps from the data
     OmegaConf.resolve(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
@@ -66,7 +68,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("data: %s", cfg.data._target_)
-    fill_class_names(cfg.model.net, datamodule)  # pretrained heads: label maps from the data
     log.info("model: %s", cfg.model.net._target_)
     model: L.LightningModule = instantiate(cfg.model)
     apply_data_config(datamodule, model.net)  # pretrained backbones: their input size and normalisation
@@ -126,7 +127,7 @@ def run_summary(model: L.LightningModule, trainer: L.Trainer, output_dir: Path) 
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     print_config_tree(cfg)
     metrics = run_job(train, cfg)

@@ -85,9 +85,13 @@ class MNISTDataModule(ImageDataModule):
             raise DataError(f"MNIST files missing: {', '.join(missing)}. {where}.")
         for name in missing:
             try:
-                download([m + name + ".gz" for m in MNIST_MIRRORS], self.data_dir / f"{name}.gz", MNIST_FILES[name])
+                download(
+                    [m + name + ".gz" for m in MNIST_MIRRORS], self.data_dir / f"{name}.gz", MNIST_FILES[name]
+                )
             except DataError as err:
-                raise DataError(f"MNIST file {name}.gz is missing and the download failed ({err}).\n{where}.") from err
+                raise DataError(
+                    f"MNIST file {name}.gz is missing and the download failed ({err}).\n{where}."
+                ) from err
 
     def load_splits(self) -> dict[str, Split]:
         self.prepare_data()
@@ -135,4 +139,7 @@ class DigitsDataModule(ImageDataModule):
         images = torch.from_numpy(np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
         labels = torch.from_numpy(digits.target.astype(np.int64))
         train, val, test = stratified_split(labels, self.fractions, seed=0)  # fixed for comparability
-        return {name: (images[idx], labels[idx]) for name, idx in zip(("train", "val", "test"), (train, val, test))}
+        return {
+            name: (images[idx], labels[idx])
+            for name, idx in zip(("train", "val", "test"), (train, val, test))
+        }

@@ -30,8 +30,12 @@ class DeviceTransform(nn.Module):
         hflip: float = 0.0,
     ):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         self.image_size = tuple(image_size) if image_size is not None else None

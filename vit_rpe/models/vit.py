@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit_rpe.utils.errors import ConfigError
-
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.embed import PATCH_EMBEDS, sincos_2d
 from vit_rpe.models.rpe import build_rpe
+from vit_rpe.utils.errors import ConfigError
 
 POS_EMBEDS = ("learned", "sincos2d", "none")
 POOLS = ("cls", "mean")
@@ -50,7 +49,9 @@ class Mlp(nn.Sequential):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(self, dim: int, mlp_ratio: float, attn: MultiHeadSelfAttention, drop: float, drop_path: float):
+    def __init__(
+        self, dim: int, mlp_ratio: float, attn: MultiHeadSelfAttention, drop: float, drop_path: float
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
@@ -117,7 +118,9 @@ class VisionTransformer(nn.Module):
         else:
             self.pos_embed = None
         if pos_embed == "sincos2d":
-            self.register_buffer("pos_embed_fixed", sincos_2d(self.grid_size, embed_dim)[None], persistent=False)
+            self.register_buffer(
+                "pos_embed_fixed", sincos_2d(self.grid_size, embed_dim)[None], persistent=False
+            )
         else:
             self.pos_embed_fixed = None
         self.pos_drop = nn.Dropout(drop_rate)
@@ -131,7 +134,9 @@ class VisionTransformer(nn.Module):
                 MultiHeadSelfAttention(
                     embed_dim,
                     num_heads,
-                    kernel=build_kernel(attention, head_dim, attn_drop=attn_drop_rate, **(attention_kwargs or {})),
+                    kernel=build_kernel(
+                        attention, head_dim, attn_drop=attn_drop_rate, **(attention_kwargs or {})
+                    ),
                     rpe=build_rpe(
                         rpe,
                         self.grid_size,

@@ -53,8 +53,16 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         plain = {k: as_plain(v) for k, v in dict(net=net, optimizer=optimizer, scheduler=scheduler).items()}
         ignore = [name for name, value in plain.items() if not isinstance(value, (Mapping, type(None)))]
-        self.save_hyperparameters({**plain, "num_classes": num_classes, "label_smoothing": label_smoothing,
-                                   "compile": compile, "finetune": as_plain(finetune)}, ignore=ignore)
+        self.save_hyperparameters(
+            {
+                **plain,
+                "num_classes": num_classes,
+                "label_smoothing": label_smoothing,
+                "compile": compile,
+                "finetune": as_plain(finetune),
+            },
+            ignore=ignore,
+        )
         self.finetune = FineTuning.from_config(as_plain(finetune))
         self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"])
         self.num_classes = num_classes
@@ -89,8 +97,10 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
         if isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):  # resuming a compiled run
-            state = {(k.replace("net.", "net._orig_mod.", 1) if k.startswith("net.") else k): v
-                     for k, v in state.items()}
+            state = {
+                (k.replace("net.", "net._orig_mod.", 1) if k.startswith("net.") else k): v
+                for k, v in state.items()
+            }
         checkpoint["state_dict"] = state
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -107,10 +117,20 @@ class ImageClassifier(L.LightningModule):
         for k in self.top_ks:
             name = f"{stage}_acc{'' if k == 1 else k}"
             getattr(self, name)(logits.detach(), hard_targets)
-            self.log(f"{stage}/acc{'' if k == 1 else f'_top{k}'}", getattr(self, name), on_step=False,
-                     on_epoch=True, prog_bar=k == 1)
-        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True,
-                 prog_bar=stage != "test")
+            self.log(
+                f"{stage}/acc{'' if k == 1 else f'_top{k}'}",
+                getattr(self, name),
+                on_step=False,
+                on_epoch=True,
+                prog_bar=k == 1,
+            )
+        self.log(
+            f"{stage}/loss",
+            getattr(self, f"{stage}_loss"),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "test",
+        )
         return loss
 
     def on_train_start(self) -> None:

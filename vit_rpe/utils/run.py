@@ -25,6 +25,10 @@ from vit_rpe.utils.errors import UserError
 
 log = logging.getLogger("vit_rpe")
 
+# The config tree at the repository root, as an absolute path: Hydra reads a relative
+# config_path against the module that *imports* the main, which breaks ``python -m vit_rpe``.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
 
 def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "rpe", "trainer")) -> None:
     """The resolved config as a tree, main groups first."""
