@@ -52,16 +52,16 @@ class ImageClassifier(L.LightningModule):
     ):
         super().__init__()
         plain = {k: as_plain(v) for k, v in dict(net=net, optimizer=optimizer, scheduler=scheduler).items()}
-        ignore = [name for name, value in plain.items() if not isinstance(value, (Mapping, type(None)))]
+        # Configs go into the checkpoint's hyperparameters; Python objects (a module, a partial) cannot.
+        storable = {k: v for k, v in plain.items() if isinstance(v, (Mapping, type(None)))}
         self.save_hyperparameters(
             {
-                **plain,
+                **storable,
                 "num_classes": num_classes,
                 "label_smoothing": label_smoothing,
                 "compile": compile,
                 "finetune": as_plain(finetune),
-            },
-            ignore=ignore,
+            }
         )
         self.finetune = FineTuning.from_config(as_plain(finetune))
         self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"])
