@@ -89,16 +89,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test", True):
         if trainer.world_size > 1 and trainer.is_global_zero:  # ddp_spawn: test runs in new processes
             continue_csv_logs(loggers, float("inf"))
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best_checkpoint(trainer)
         if not best:
             log.warning("no best checkpoint: testing the weights the model has now")
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
         test_metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
 
     exported = None
     if cfg.get("train", True) and trainer.is_global_zero:  # pretrained backbones: save_pretrained format
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        exported = export_pretrained(model, datamodule, output_dir / "hf_model", best or None)
+        exported = export_pretrained(model, datamodule, output_dir / "hf_model", best_checkpoint(trainer))
 
     metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir)}
     metrics["export_dir"] = str(exported) if exported else None
@@ -110,18 +109,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The best checkpoint the run saved, or None (no checkpoint callback, or nothing saved)."""
+    callback = trainer.checkpoint_callback
+    return (callback.best_model_path if callback else "") or None
+
+
 def run_summary(model: L.LightningModule, trainer: L.Trainer, output_dir: Path) -> dict[str, Any]:
     """Size and speed of the run: parameters, epochs, seconds per epoch, images per second."""
     seconds = list(getattr(model, "epoch_seconds", []))
     rates = list(getattr(model, "epoch_images_per_sec", []))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "epochs": trainer.current_epoch,
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
         "train_images_per_sec": sum(rates) / len(rates) if rates else None,
-        "best_ckpt": best or None,
+        "best_ckpt": best_checkpoint(trainer),
         "output_dir": str(output_dir),
         "device": str(model.device.type if hasattr(model, "device") else torch.device("cpu")),
     }

@@ -121,10 +121,6 @@ def load_net_weights(net: nn.Module, path: str | Path, strict: bool = True) -> n
     return net
 
 
-def checkpoint_step(path: str | Path) -> int:
-    return int(read_checkpoint(path).get("global_step", 0))
-
-
 # ----------------------------------------------------------------------------------------------
 # Resuming a run in its own directory
 
