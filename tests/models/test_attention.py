@@ -67,6 +67,8 @@ def test_feature_kernels_with_rpe_equal_brute_force(name, family, distance, pref
     kernel = feature_kernel(name, 8, dtype)
     q, k, v = qkv(2, rpe.num_tokens, dtype=dtype, scale=0.5)
     expected = brute_force_output(kernel, q.double(), k.double(), v.double(), rpe.mask().double())
+    if rpe.separable:
+        rpe.kron_tile = 3  # several tile rows and columns: every branch of the tiled product
     for impl in ["dense", "fft"] + (["kron"] if rpe.separable else []):
         rpe.impl = impl
         out = kernel(q, k, v, rpe)

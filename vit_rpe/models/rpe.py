@@ -8,9 +8,11 @@ indexed by (dy + Hg - 1, dx + Wg - 1) with dy = y_query - y_key. Everything else
 - ``mask()``: the dense [H, L, L] matrix, prefix (cls) rows and columns filled with a learned
   positive scalar per head;
 - ``log_mask()``: its logarithm, the additive bias of softmax attention;
-- ``forward(z)``: the product M @ z for linear attention, computed ``dense`` (an L x L matmul, the
-  reference), ``kron`` (M = My (x) Mx for separable masks: one small matmul per grid axis) or
-  ``fft`` (a 2-D linear convolution of the grid with the offset table).
+- ``forward(z)``: the product M @ z, computed ``dense`` (an L x L matmul, the reference), ``kron``
+  (M = My (x) Mx for separable masks: one small matmul per grid axis) or ``fft`` (a 2-D linear
+  convolution of the grid with the offset table);
+- ``attend(fq, fk, v1)``: what linear attention needs of M, phi(q_i).(M Z)_i; dense and fft contract
+  ``forward(Z)``, kron never builds Z (``tiled_exp_attend``).
 
 Masks are exp(something real), so they are positive by construction.
 """
@@ -36,6 +38,8 @@ IMPLS = ("auto", "dense", "kron", "fft")
 # masks; non-separable masks switch from dense to fft at AUTO_FFT_MIN_TOKENS.
 AUTO_DENSE_MAX_TOKENS = 64
 AUTO_FFT_MIN_TOKENS = 2048
+# Side of the square tiles of the kron attention (tiled_exp_attend); measured in docs/benchmarks.md.
+KRON_TILE = 8
 
 
 def inverse_softplus(y: float) -> float:
@@ -215,12 +219,14 @@ class RelativePositionMask(nn.Module):
         if self.impl == "dense":
             z = (fk[..., :, None] * v1[..., None, :]).reshape(b, h, n, m * e)
             return torch.einsum("bhlm,bhlme->bhle", fq, self(z).reshape(b, h, n, m, e))
-        hg, wg = self.grid_size
         fq_g = fq[:, :, p:]
-        zg = fk[:, :, p:, :, None] * v1[:, :, p:, None, :]  # [B, H, N, m, e]
-        grid = self._kron if self.impl == "kron" else self._fft
-        dg = grid(zg.reshape(b, h, hg, wg, m * e)).reshape(b, h, n - p, m, e)
-        out = torch.einsum("bhnm,bhnme->bhne", fq_g, dg)  # [B, H, N, e]
+        if self.impl == "kron":
+            out = self._kron_attend(fq_g, fk[:, :, p:], v1[:, :, p:])
+        else:
+            hg, wg = self.grid_size
+            zg = fk[:, :, p:, :, None] * v1[:, :, p:, None, :]  # [B, H, N, m, e]
+            dg = self._fft(zg.reshape(b, h, hg, wg, m * e)).reshape(b, h, n - p, m, e)
+            out = torch.einsum("bhnm,bhnme->bhne", fq_g, dg)  # [B, H, N, e]
         if not p:
             return out
         # Prefix rows and columns of M are all s = exp(cls_logit): rank-one terms.
@@ -261,6 +267,102 @@ class RelativePositionMask(nn.Module):
     def log_axis_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _kron_attend(self, fq: torch.Tensor, fk: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """``attend`` over the grid tokens alone for a separable mask: [B, H, N, e]."""
+        raise NotImplementedError
+
+
+def exp_axis_blocks(rate: torch.Tensor, size: int, tiles: int) -> tuple[torch.Tensor, ...]:
+    """The tile structure of r^|i - j| (r = exp(-rate) per head) on an axis of ``tiles`` tiles of ``size``.
+
+    With i = I * size + s and j = J * size + t: inside a tile (I = J) the entry is T[s, t]; between
+    tiles it is rank one, u[dir, s] * C[dir, I, J] * w[dir, t], where dir 0 is a key tile before the
+    query tile (r^s r^((I-J-1) size) r^(size-t)) and dir 1 a key tile after it. Every factor is a
+    power of r <= 1, so nothing overflows. Returns T [H, size, size], u and w [H, 2, size] and
+    C [H, 2, tiles, tiles] (zero on the diagonal).
+    """
+    a = rate[:, None, None]
+    pos = torch.arange(size, dtype=rate.dtype, device=rate.device)
+    inside = torch.exp(-a * (pos[:, None] - pos[None, :]).abs())
+    u = torch.exp(-a * torch.stack([pos, size - pos]))
+    w = torch.exp(-a * torch.stack([size - pos, pos]))
+    tile = torch.arange(tiles, device=rate.device)
+    gap = tile[:, None] - tile[None, :]  # query tile minus key tile
+    decay = torch.exp(-a * ((gap.abs() - 1).clamp(min=0) * size).to(rate.dtype))  # [H, tiles, tiles]
+    between = torch.stack([decay * (gap > 0), decay * (gap < 0)], dim=1)
+    return inside, u, w, between
+
+
+def tiled_exp_attend(
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    v1: torch.Tensor,
+    rate: torch.Tensor,
+    grid_size: tuple[int, int],
+    tile: int = KRON_TILE,
+) -> torch.Tensor:
+    """sum_j M_ij (fq_i . fk_j) v1_j for M = exp(-rate (|dy| + |dx|)) on the grid: [B, H, N, e].
+
+    Exact, O(N m e), and never builds the per-token Z_j = fk_j (x) v1_j that applying My and Mx to Z
+    would need (N (Hg + Wg) m e multiply-adds, most of it memory traffic). The grid is cut into
+    tiles of ``tile`` x ``tile`` tokens (zero-padded: a zero key adds nothing, a zero query's row is
+    cropped). Along each axis r^|i - j| is the tile-diagonal T plus rank-one blocks between tiles
+    (``exp_axis_blocks``), so M = My (x) Mx splits into four kinds of key:
+    - same tile: quadratic attention inside the tile with the mask T_y (x) T_x;
+    - same tile row, other tile column: per key row, fk (x) v1 summed over the tile's columns
+      (weights w_x), carried across tile columns (C_x), spread over the query rows by T_y;
+    - other tile row and column: those row sums summed again over rows (w_y), carried across tile
+      rows (C_y), spread by u_y, then contracted with fq together with the previous kind (u_x);
+    - same tile column, other tile row: the transpose of the second kind.
+    """
+    b, h, _, m = fk.shape
+    e = v1.shape[-1]
+    hg, wg = grid_size
+    by, bx = min(tile, hg), min(tile, wg)
+    ty, tx = -(-hg // by), -(-wg // bx)
+    f = m * e
+
+    def tiles(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, c] -> [B, H, ty, by, tx, bx, c], a view
+        x = F.pad(x.reshape(b, h, hg, wg, -1), (0, 0, 0, tx * bx - wg, 0, ty * by - hg))
+        return x.reshape(b, h, ty, by, tx, bx, x.shape[-1])
+
+    # Every product below is a matmul over the last two dimensions of these layouts (no einsum
+    # permutes of the big [.., m, e] states).
+    q, k, v = tiles(fq), tiles(fk), tiles(v1)
+    t_y, u_y, w_y, c_y = exp_axis_blocks(rate, by, ty)
+    t_x, u_x, w_x, c_x = exp_axis_blocks(rate, bx, tx)
+
+    # Same tile: (fq fk^T * T_y (x) T_x) v1 over the tile's by * bx tokens.
+    def per_tile(x: torch.Tensor) -> torch.Tensor:  # [B, H, ty, tx, by * bx, c]
+        return x.transpose(3, 4).reshape(b, h, ty, tx, by * bx, x.shape[-1])
+
+    inside = (t_y[:, :, None, :, None] * t_x[:, None, :, None, :]).reshape(h, 1, 1, by * bx, by * bx)
+    scores = per_tile(q) @ per_tile(k).transpose(-2, -1)
+    out = ((scores * inside) @ per_tile(v)).reshape(b, h, ty, tx, by, bx, e).transpose(3, 4)
+
+    if tx > 1:  # keys in other tile columns, [B, H, 2 (direction along x), ty, by, tx, ...]
+        weighted = w_x[:, :, None, None, None, :, None] * v[:, :, None]
+        rows = k[:, :, None].transpose(-2, -1) @ weighted  # fk (x) v1 summed over a tile row
+        rows = c_x[:, :, None, None] @ rows.reshape(b, h, 2, ty, by, tx, f)  # carried across tile columns
+        near = t_y[:, None, None] @ rows.reshape(b, h, 2, ty, by, tx * f)  # same tile row
+        if ty > 1:  # ... and in other tile rows
+            far = (w_y[:, None, None] @ rows.reshape(b, h, 2, ty, by, tx * f)).transpose(3, 4)
+            far = c_y[:, None] @ far  # [B, H, 2 (x), 2 (y), ty, tx * f]
+            near = near + u_y.transpose(-2, -1)[:, None, None] @ far.transpose(3, 4)
+        reached = q[:, :, None] @ near.reshape(b, h, 2, ty, by, tx, m, e)
+        out = out + (u_x[:, :, None, None, None, :, None] * reached).sum(2)
+    if ty > 1:  # keys in other tile rows of the same tile column, [B, H, 2 (y), ty, tx, bx, ...]
+        q, k, v = (x.permute(0, 1, 2, 4, 5, 3, 6) for x in (q, k, v))  # [B, H, ty, tx, bx, by, c]
+        weighted = w_y[:, :, None, None, None, :, None] * v[:, :, None]
+        cols = k[:, :, None].transpose(-2, -1) @ weighted  # summed over a tile column
+        cols = c_y @ cols.reshape(b, h, 2, ty, tx * bx * f)  # carried across tile rows
+        near = t_x[:, None, None, None] @ cols.reshape(b, h, 2, ty, tx, bx, f)
+        reached = q[:, :, None] @ near.reshape(b, h, 2, ty, tx, bx, m, e)
+        out = out + (u_y[:, :, None, None, None, :, None] * reached).sum(2).permute(0, 1, 2, 5, 3, 4, 6)
+
+    out = out.reshape(b, h, ty * by, tx * bx, e)[:, :, :hg, :wg]
+    return out.reshape(b, h, hg * wg, e)
+
 
 class GeneralRPE(RelativePositionMask):
     """One learned logit per head and 2-D offset: M = exp(b[h, dy, dx]); init b = 0 (M = 1)."""
@@ -300,6 +402,7 @@ class ExpRPE(RelativePositionMask):
     ):
         super().__init__(grid_size, num_heads, num_prefix_tokens, distance, impl)
         self.raw_rate = nn.Parameter(torch.full((num_heads,), inverse_softplus(init_rate)))
+        self.kron_tile = KRON_TILE  # a plain attribute: tests shrink it to reach every kind of tile
 
     @classmethod
     def is_separable(cls, distance: str) -> bool:
@@ -314,6 +417,9 @@ class ExpRPE(RelativePositionMask):
             return ly[:, :, None] + lx[:, None, :]
         a = self.rate()
         return -a[:, None, None] * self.distances(a)
+
+    def _kron_attend(self, fq, fk, v1):
+        return tiled_exp_attend(fq, fk, v1, self.rate().to(fq.dtype), self.grid_size, self.kron_tile)
 
     def log_axis_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """l1: exp(-a(|dy| + |dx|)) = exp(-a|dy|) exp(-a|dx|)."""
