@@ -28,6 +28,9 @@ COMMON = (
     "model.optimizer.lr=3e-3",
     "model.scheduler.warmup_epochs=0",
     "model.label_smoothing=0",
+    # cls pooling skips the last block's mask (VisionTransformer.forward_features): DDP must still
+    # see a gradient for every parameter, or it stops with "parameters that were not used".
+    "rpe=exp",
 )
 GLOBAL_BATCH = 32
 

@@ -89,3 +89,61 @@ def test_drop_path_only_in_training():
 def test_impossible_shapes_and_unknown_options_are_clear_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         VisionTransformer(**{**TINY, **kwargs})
+
+
+def full_logits(net, images):
+    """The reference: every token through every block, then the head reads the cls token."""
+    return net.forward_head(net.forward_features(images))
+
+
+def gradients(net, logits, weights):
+    """d(weights . logits)/d(parameter), zeros where a parameter got None."""
+    net.zero_grad(set_to_none=True)
+    (logits * weights).sum().backward()
+    return {
+        name: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+        for name, p in net.named_parameters()
+    }
+
+
+@pytest.mark.parametrize("rpe", ["none", "exp", "general"])
+@pytest.mark.parametrize("attention", ["softmax", "performer", "linear"])
+def test_cls_pooling_computes_only_the_cls_token_in_the_last_block_exactly(attention, rpe):
+    torch.manual_seed(0)
+    net = VisionTransformer(**TINY, patch_size=2, attention=attention, rpe=rpe).double().eval()
+    with torch.no_grad():  # masks far from 1 and a cls scalar far from 0, so that they matter
+        for name, p in net.named_parameters():
+            if ".rpe." in name:
+                p.normal_(0, 0.5)
+    images = torch.randn(3, 3, 8, 12, dtype=torch.float64)
+    weights = torch.randn(3, 7, dtype=torch.float64)
+    seen = []
+    net.blocks[-1].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+
+    fast = net(images)
+    fast_grads = gradients(net, fast, weights)
+    full = full_logits(net, images)
+    full_grads = gradients(net, full, weights)
+
+    assert seen == [(3, 1, 32), (3, 25, 32)]  # the last MLP saw only the cls token in net(images)
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-10)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=0, atol=1e-10, msg=name)
+    if rpe != "none":  # the last block's mask cannot change the cls token: zero gradient either way
+        last = [name for name in full_grads if name.startswith("blocks.1.attn.rpe.")]
+        assert last and all(not fast_grads[name].any() for name in last)
+        assert all(full_grads[name].abs().max() < 1e-12 for name in last)
+
+
+def test_cls_only_keeps_the_performer_redraw_schedule_and_mean_pooling_on_all_tokens():
+    net = VisionTransformer(**TINY, patch_size=2, attention="performer", rpe="exp")
+    net(torch.randn(2, 3, 8, 12))
+    assert [block.attn.kernel.steps for block in net.blocks] == [1, 1]  # one kernel call per block
+    mean = VisionTransformer(**TINY, patch_size=2, pool="mean").eval()
+    seen = []
+    mean.blocks[-1].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    images = torch.randn(2, 3, 8, 12)
+    torch.testing.assert_close(mean(images), full_logits(mean, images))
+    assert seen[0] == (2, 24, 32)
+    with pytest.raises(ValueError, match="cls token"):
+        mean.forward_features(images, cls_only=True)

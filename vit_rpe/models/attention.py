@@ -281,11 +281,24 @@ class MultiHeadSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
+    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D], or with ``cls_only`` the first (cls) token's output [B, 1, D].
+
+        ``cls_only`` is exact, not an approximation: keys and values still come from every token,
+        and the cls row of an RPE mask is one constant per head (exp(cls_logit), rpe.py), which
+        cancels in the normalised attention (a constant softmax bias; a common factor of the
+        numerator and denominator of the feature-map kernels), so the cls query sees the
+        unmasked kernel. The RPE parameters are then unused; the zero tie gives them the
+        gradient they have in the full computation (zero), so that DDP and AdamW see no change.
+        """
+        B, _, D = x.shape
         q, k, v = self.heads(x)
-        out = self.kernel(q, k, v, self.rpe)  # [B, H, L, d]
-        out = out.transpose(1, 2).reshape(B, L, D)
+        if cls_only:
+            q = q[:, :, :1]
+        out = self.kernel(q, k, v, None if cls_only else self.rpe)  # [B, H, L or 1, d]
+        if cls_only and self.rpe is not None:
+            out = out + 0.0 * sum(p.sum() for p in self.rpe.parameters())
+        out = out.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.proj_drop(self.proj(out))
 
     @torch.no_grad()

@@ -59,8 +59,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D], or only the first (cls) token's output [B, 1, D] (see forward_features)."""
+        y = self.drop_path(self.attn(self.norm1(x), cls_only=cls_only))
+        x = (x[:, :1] if cls_only else x) + y
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -175,7 +177,16 @@ class VisionTransformer(nn.Module):
         """Parameter names exempt from weight decay (timm's convention), besides norms and biases."""
         return {name for name in ("pos_embed", "cls_token") if getattr(self, name) is not None}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """Final-normed tokens [B, 1+N, D]; with ``cls_only`` the cls token alone, [B, 1, D].
+
+        ``cls_only`` computes the same cls output with less work: the last block needs every
+        token's keys and values, but its attention query, projection, residual and MLP only for
+        the cls token, because nothing after it reads the other tokens. ``forward`` uses it for
+        cls pooling; the logits and gradients are those of the full computation.
+        """
+        if cls_only and self.cls_token is None:
+            raise ValueError("cls_only needs a cls token (pool='cls')")
         x = self.patch_embed(x)  # [B, N, D]
         if self.pos_embed is not None:
             x = x + self.pos_embed
@@ -184,8 +195,9 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+N, D]
         x = self.pos_drop(x)
-        for block in self.blocks:
-            x = block(x)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, cls_only=cls_only and i == last)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +205,7 @@ class VisionTransformer(nn.Module):
         return self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x, cls_only=self.pool == "cls"))
 
 
 def check_choice(name: str, value: str, choices) -> None:
