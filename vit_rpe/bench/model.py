@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpe", default="none", help="our RPE family (none, general, exp, poly)")
     parser.add_argument("--impl", default="auto")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for model.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path("docs/bench"), help="folder for model[_threadsN].json"
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         result["speedup"] = result["ours"]["images_per_s"] / result["timm"]["images_per_s"]
         print(f"ours / timm: {result['speedup']:.2f}x")
     tag = "" if names == ["ours", "timm"] else f"_{args.attention}_{args.rpe}"
+    tag += f"_threads{args.threads}" if args.threads else ""  # --threads 1 and 2 keep their own files
     write_json(args.out / f"model{tag}.json", result)
     print(f"wrote {args.out / f'model{tag}.json'}")
     return 0
