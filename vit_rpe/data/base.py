@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from vit_rpe.data.augment import RandAugmentImages, build_mixup
+from vit_rpe.data.resumable import ResumableDataLoader
 from vit_rpe.data.transforms import DeviceTransform
 from vit_rpe.utils.errors import ConfigError
 
@@ -44,19 +45,19 @@ class TensorImageDataset(Dataset):
 
 class EpochShuffleSampler(RandomSampler):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees the order an uninterrupted
-    one would. The epoch is read when iteration starts (``epoch_fn``): Lightning fetches the first
-    batch of a resumed run before it calls ``set_epoch``. Under DDP Lightning swaps in a
+    one would. Lightning calls ``set_epoch`` before every epoch; the training loader draws the
+    order only after that (see ResumableDataLoader). Under DDP Lightning swaps in a
     DistributedSampler (seed = the global seed), which splits this same order across the ranks."""
 
-    def __init__(self, data_source, seed: int, epoch_fn: Callable[[], int] | None = None):
+    def __init__(self, data_source, seed: int):
         super().__init__(data_source, generator=torch.Generator())
-        self.seed, self.epoch_fn, self.epoch = seed, epoch_fn, 0
+        self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        self.generator.manual_seed(self.seed + (self.epoch_fn() if self.epoch_fn else self.epoch))
+        self.generator.manual_seed(self.seed + self.epoch)
         return super().__iter__()
 
 
@@ -189,10 +190,11 @@ class ImageDataModule(L.LightningDataModule):
         on_device = isinstance(dataset, TensorImageDataset) and dataset.images.device.type != "cpu"
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         workers = 0 if on_device else self.num_workers
-        return DataLoader(
+        loader = ResumableDataLoader if name == "train" else DataLoader  # training resumes mid-epoch
+        return loader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
-            sampler=EpochShuffleSampler(dataset, self.seed, self.current_epoch) if shuffle else None,
+            sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
             # timm's Mixup mixes pairs: every training batch must have an even size
             drop_last=name == "train" and self.mixup is not None,
             num_workers=workers,
@@ -202,9 +204,6 @@ class ImageDataModule(L.LightningDataModule):
             # its own generator: making an iterator draws a worker seed, which must not move the global RNG
             generator=torch.Generator().manual_seed(self.seed),
         )
-
-    def current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
