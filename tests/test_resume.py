@@ -11,9 +11,10 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
+from torch.multiprocessing import ProcessExitedException
 
 from tests.conftest import FAST, compose_config
-from vit_rpe.callbacks import EXIT_SIGINT
+from vit_rpe.callbacks import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.train import train
 
 # Three planned epochs of three batches, with every source of randomness switched on:
@@ -25,7 +26,8 @@ RUN = (
     "model.net.drop_path_rate=0.2",
     "model.net.depth=2",
 )
-COMPARED = ("val/acc", "val/loss", "test/acc", "test/loss", "train/loss")
+COMPARED = ("val/acc", "val/loss", "val/acc_best", "test/acc", "test/loss", "train/loss", "train/acc")
+TIMINGS = ("train/epoch_time", "train/images_per_sec")
 
 
 class Crash(L.Callback):
@@ -61,57 +63,100 @@ def run_with(cfg, callback: L.Callback):
     return train(cfg)
 
 
-def test_crash_and_resume_equals_uninterrupted(train_config, tmp_path):
-    straight = train_config(*RUN)
-    expected = train(straight)
-    straight_dir = Path(straight.paths.output_dir)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the RUN trained straight through, once for this file. -> (metrics, run dir)."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    return train(compose_config("train", [*FAST, *RUN], run_dir)), run_dir
 
-    run_dir = tmp_path / "crashed"
-    crashed = compose_config("train", [*FAST, *RUN], run_dir)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_with(crashed, Crash(epoch=1))
-    assert weights(run_dir / "checkpoints" / "last.ckpt") is not None
 
-    resumed = train(compose_config("train", [f"resume_dir={run_dir}", "+callbacks.fault=null"], run_dir))
+def logged(run_dir: Path) -> dict[tuple[str, str, str], float]:
+    """(epoch, step, metric) -> value, for every value of the CSV log but timings; each once."""
+    table: dict[tuple[str, str, str], float] = {}
+    for row in csv.DictReader((run_dir / "csv" / "metrics.csv").open()):
+        for key, value in row.items():
+            if value and key not in ("epoch", "step", *TIMINGS):
+                at = (row["epoch"], row["step"], key)
+                assert at not in table, f"{at} logged twice"
+                table[at] = float(value)
+    return table
 
-    for key in COMPARED:
+
+def assert_same_run(resumed: dict, run_dir: Path, uninterrupted) -> None:
+    """Final metrics, every logged value (each step, each epoch) and every final weight agree."""
+    expected, straight_dir = uninterrupted
+    for key in (key for key in COMPARED if key in expected):  # no test/* with test=false
         assert resumed[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
-    assert resumed["epochs"] == expected["epochs"] == 3
-    got, want = (
-        weights(run_dir / "checkpoints" / "last.ckpt"),
-        weights(straight_dir / "checkpoints" / "last.ckpt"),
+    assert resumed["epochs"] == expected["epochs"]
+    assert Path(resumed["best_ckpt"]).name == Path(expected["best_ckpt"]).name  # the one tested
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        p.name for p in (straight_dir / "checkpoints").iterdir()
     )
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
-    # The CSV log of the resumed run holds all three epochs, once each.
-    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
-    val_epochs = [int(float(r["epoch"])) for r in rows if r.get("val/acc")]
-    assert val_epochs == [0, 1, 2]
+    got, want = logged(run_dir), logged(straight_dir)
+    assert sorted(got) == sorted(want)
+    assert {epoch for epoch, _, _ in want} >= {"0", "1", "2"}
+    assert {key for _, _, key in want} >= {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc"}
+    for at in want:
+        assert got[at] == pytest.approx(want[at], rel=1e-5, abs=1e-6), at
+    final = weights(run_dir / "checkpoints" / "last.ckpt")
+    for name, reference in weights(straight_dir / "checkpoints" / "last.ckpt").items():
+        torch.testing.assert_close(final[name], reference, rtol=1e-5, atol=1e-6)
 
 
-def test_sigint_mid_epoch_saves_a_checkpoint_and_resumes(tmp_path):
-    run_dir = tmp_path / "interrupted"
-    cfg = compose_config("train", [*FAST, *RUN], run_dir)
+def resume(run_dir: Path) -> dict:
+    return train(compose_config("train", [f"resume_dir={run_dir}", "+callbacks.fault=null"], run_dir))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_crash_and_resume_equals_uninterrupted(uninterrupted, tmp_path, workers):
+    """Killed at the start of epoch 2 and resumed from the end of epoch 1, the best epoch, which
+    the resumed run must still know as the best. A loader worker would draw the order of the
+    resumed epoch as soon as Lightning creates the iterator, before the sampler's epoch is set."""
+    assert Path(uninterrupted[0]["best_ckpt"]).name == "epoch_001.ckpt"
+    run_dir = tmp_path / "crashed"
+    cfg = compose_config("train", [*FAST, *RUN, f"data.num_workers={workers}"], run_dir)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_with(cfg, Crash(epoch=2))
+    assert weights(run_dir / "checkpoints" / "last.ckpt") is not None
+    assert_same_run(resume(run_dir), run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize(
+    "signum, workers",
+    [
+        pytest.param(signal.SIGINT, 0, id="sigint"),
+        pytest.param(signal.SIGTERM, 0, id="sigterm"),
+        pytest.param(signal.SIGINT, 1, id="sigint-1-worker"),
+    ],
+)
+def test_stop_mid_epoch_and_resume_equals_uninterrupted(uninterrupted, tmp_path, signum, workers):
+    """Stopped after batch 1 of epoch 1 (3 epochs of 3 batches): the resumed run goes on with
+    batch 2, its data, augmentation and drop path, and the running totals of the epoch's metrics,
+    and ends as the run that never stopped (which loaded its data without workers)."""
+    run_dir = tmp_path / "stopped"
+    cfg = compose_config("train", [*FAST, *RUN, f"data.num_workers={workers}"], run_dir)
     with pytest.raises(SystemExit) as stopped:
-        run_with(cfg, Interrupt(epoch=1, batch=1))
-    assert stopped.value.code == EXIT_SIGINT
+        run_with(cfg, Interrupt(epoch=1, batch=1, signum=signum))
+    assert stopped.value.code == (EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 1 and last["global_step"] == 5  # 3 batches of epoch 0, 2 of epoch 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
 
-    metrics = train(compose_config("train", [f"resume_dir={run_dir}", "+callbacks.fault=null"], run_dir))
-    assert metrics["epochs"] == 3
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert final["global_step"] == 9
+    assert_same_run(resume(run_dir), run_dir, uninterrupted)
 
 
-def test_sigterm_mid_epoch_saves_a_checkpoint(tmp_path):
-    run_dir = tmp_path / "terminated"
-    cfg = compose_config("train", [*FAST, *RUN], run_dir)
-    with pytest.raises(SystemExit):
-        run_with(cfg, Interrupt(epoch=0, batch=1, signum=signal.SIGTERM))
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["global_step"] == 2
+@pytest.mark.slow  # 3 runs of 2 spawned processes: about 100 s here
+def test_ddp_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
+    """trainer=ddp_sim, stopped mid-epoch: rank 0's checkpoint holds the loader position (the
+    same on every rank) and both ranks' metric totals; each rank resumes at its next batch."""
+    ddp = ["trainer=ddp_sim", *(o for o in FAST if o != "trainer=cpu"), *RUN, "test=false"]
+    straight_dir, run_dir = tmp_path / "straight", tmp_path / "stopped"
+    expected = train(compose_config("train", ddp, straight_dir))
+    with pytest.raises(ProcessExitedException) as stopped:
+        run_with(compose_config("train", ddp, run_dir), Interrupt(epoch=1, batch=1))
+    assert stopped.value.exit_code == EXIT_SIGINT
+    assert_same_run(resume(run_dir), run_dir, (expected, straight_dir))
 
 
 def test_resume_applies_overrides_and_refuses_group_switches(train_config, tmp_path):

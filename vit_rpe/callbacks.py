@@ -127,6 +127,9 @@ class LastCheckpoint(L.Callback):
         self._restore_handler()
 
     def save_and_exit(self, trainer: L.Trainer, status: int) -> None:
+        # Log this batch's step metrics first: Lightning does it after on_train_batch_end, which
+        # the exit skips, and the resumed run starts at the next batch.
+        trainer._logger_connector.update_train_step_metrics()
         self.save(trainer)
         if trainer.is_global_zero:
             log.warning(
@@ -172,8 +175,10 @@ class StepSeed(L.Callback):
             generator.manual_seed(step_seed)
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        # A run resumed mid-epoch continues at the first batch not yet completed.
-        self.reseed(trainer, trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        # A run resumed mid-epoch continues after the last batch processed. (Not ``completed``:
+        # a checkpoint saved in on_train_batch_end counts its batch as completed only on resume,
+        # after this hook.)
+        self.reseed(trainer, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self.reseed(trainer, 0)

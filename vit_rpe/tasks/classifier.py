@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_rpe.tasks.finetune import FineTuning
@@ -84,6 +84,7 @@ class ImageClassifier(L.LightningModule):
         self._epoch_train_time = 0.0
         self.epoch_seconds: list[float] = []  # training time of each epoch, validation excluded
         self.epoch_images_per_sec: list[float] = []
+        self._carried_states: dict | None = None  # metric totals from the checkpoint resumed
 
     def configure_model(self) -> None:
         if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
@@ -93,8 +94,44 @@ class ImageClassifier(L.LightningModule):
         # Checkpoints store the plain backbone's names, compiled (model.compile=true) or not.
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+        checkpoint["metric_states"] = self.carried_states()
+
+    def carried_metrics(self) -> dict[str, Metric]:
+        """The running totals a resumed run continues: this epoch's training metrics (a checkpoint
+        can be taken mid-epoch) and the best validation accuracy so far."""
+        return {
+            name: module
+            for name, module in self.named_children()
+            if isinstance(module, Metric) and (name.startswith("train_") or name == "val_acc_best")
+        }
+
+    def carried_states(self) -> dict:
+        """The states of ``carried_metrics``, the whole job's under DDP (a collective: every rank
+        saves), and the position they were taken at (epoch, batches processed in it)."""
+        states = {}
+        for name, metric in self.carried_metrics().items():
+            with metric.sync_context():
+                states[name] = {key: value.detach().clone() for key, value in metric.metric_state.items()}
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches": batches, "states": states}
+
+    def restore_carried_states(self) -> None:
+        """Continue the totals of a resumed checkpoint: the training metrics only if training
+        resumes where they were taken (mid-epoch). Rank 0 takes the whole job's totals and the
+        other ranks start empty, since the ranks' totals are summed (maximised) when computed."""
+        carried, self._carried_states = self._carried_states, None
+        if not carried or self.trainer.global_rank > 0:
+            return
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        mid_epoch = (carried["epoch"], carried["batches"]) == (self.trainer.current_epoch, batches)
+        metrics = self.carried_metrics()
+        for name, state in carried["states"].items():
+            if name in metrics and (mid_epoch or not name.startswith("train_")):
+                for key, value in state.items():
+                    setattr(metrics[name], key, value.to(self.device))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._carried_states = checkpoint.get("metric_states")
         state = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
         if isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):  # resuming a compiled run
             state = {
@@ -136,6 +173,14 @@ class ImageClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         # Sanity-check batches must not count towards the best validation accuracy.
         self.val_acc_best.reset()
+        # Lightning hands a resumed training loader its saved position (mid-epoch) only when it
+        # builds the loader after restoring the checkpoint; estimated_stepping_batches in
+        # configure_optimizers builds it before. Hand it over now, before the first batch.
+        self.trainer.fit_loop._load_combined_loader_states()
+        self.restore_carried_states()
+        # A run resumed mid-epoch times (and counts the images of) the rest of the epoch.
+        self._epoch_start = time.perf_counter()
+        self._epoch_images = 0
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
