@@ -1,11 +1,12 @@
 """Timing and peak-memory helpers shared by the benchmarks.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the pass.
-On CPU there is no allocator counter, so we measure the process: glibc's mmap threshold is pinned
-at 64 KiB (every tensor bigger than that is its own mapping, returned to the OS when freed), the
-kernel's resident high-water mark (VmHWM) is reset through /proc/self/clear_refs, and the peak is
-VmHWM minus the resident size before the pass. It counts every byte the pass touches (tensors,
-autograd buffers, BLAS/FFT workspaces), at page granularity.
+On CPU there is no allocator counter, so we measure the process: during the pass glibc's mmap
+threshold is pinned at 64 KiB (every tensor bigger than that is its own mapping, returned to the OS
+when freed), the kernel's resident high-water mark (VmHWM) is reset through /proc/self/clear_refs,
+and the peak is VmHWM minus the resident size before the pass. It counts every byte the pass
+touches (tensors, autograd buffers, BLAS/FFT workspaces), at page granularity. Timings are taken
+outside such passes, with the heap keeping freed blocks for reuse (``steady_malloc``).
 """
 
 from __future__ import annotations
@@ -18,20 +19,46 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_EVERY_TENSOR = 64 * 1024  # bytes: every tensor above this gets its own mapping
+# Where glibc's dynamic thresholds end up once big blocks have been freed: its upper limit for
+# the mmap threshold on 64-bit Linux (and twice that for trimming). Setting a threshold switches
+# the dynamic adjustment off, so timings run with these fixed.
+_MMAP_USUAL = 32 * 2**20
 
 
-def pin_malloc() -> bool:
-    """Make freed tensors leave the process so that resident memory tracks live tensors."""
+def _set_mmap_threshold(nbytes: int, trim: bool = False) -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024))
+        if trim:  # hand the heap's free blocks back, so small tensors count as they are allocated
+            libc.malloc_trim(0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * nbytes)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes))
     except OSError:
         return False
+
+
+def steady_malloc() -> bool:
+    """Freed blocks up to 32 MiB stay in the heap for reuse, from the first timed call on."""
+    return _set_mmap_threshold(_MMAP_USUAL)
+
+
+@contextmanager
+def mmap_every_tensor():
+    """Inside, freed tensors leave the process, so resident memory tracks live tensors. Only for
+    measuring memory: a fresh mapping per tensor (and its page faults) slows every op, and more so
+    the many-small-op kernels, so timings are taken outside with the heap reusing freed blocks."""
+    pinned = _set_mmap_threshold(_MMAP_EVERY_TENSOR, trim=True)
+    try:
+        yield pinned
+    finally:
+        if pinned:
+            steady_malloc()
 
 
 def _status_kib(field: str) -> int:
@@ -61,11 +88,12 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float | None:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    if not os.path.exists("/proc/self/clear_refs") or not _reset_hwm():
-        return None
-    before = _status_kib("VmRSS")
-    fn()
-    return max(_status_kib("VmHWM") - before, 0) / 1024
+    with mmap_every_tensor() as pinned:
+        if not pinned or not os.path.exists("/proc/self/clear_refs") or not _reset_hwm():
+            return None
+        before = _status_kib("VmRSS")
+        fn()
+        return max(_status_kib("VmHWM") - before, 0) / 1024
 
 
 def time_it(
