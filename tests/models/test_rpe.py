@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_rpe.models.rpe import AUTO_DENSE_MAX_TOKENS, AUTO_FFT_MIN_TOKENS, build_rpe, fft_size
+from vit_rpe.models.rpe import AUTO_FFT_MIN_TOKENS, AUTO_KRON_MIN_TOKENS, build_rpe, fft_size
 
 GRID = (7, 9)  # non-square on purpose
 CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
@@ -116,16 +116,15 @@ def test_bad_names_are_rejected():
 
 
 def test_auto_rule():
-    tiny = int(AUTO_DENSE_MAX_TOKENS**0.5)
-    big = math.ceil(AUTO_FFT_MIN_TOKENS**0.5)
-    assert build_rpe("exp", (tiny, tiny), 2).impl == "dense"
-    assert build_rpe("exp", (tiny + 1, tiny + 1), 2).impl == "kron"
-    assert build_rpe("poly", (tiny + 1, tiny + 1), 2).impl == (
-        "fft" if (tiny + 1) ** 2 >= AUTO_FFT_MIN_TOKENS else "dense"
-    )
+    kron = math.ceil(AUTO_KRON_MIN_TOKENS**0.5)
+    fft = math.ceil(AUTO_FFT_MIN_TOKENS**0.5)
+    assert build_rpe("exp", (kron - 1, kron - 1), 2).impl == "dense"
+    assert build_rpe("exp", (kron, kron), 2).impl == "kron"
+    assert build_rpe("exp", (fft, fft), 2).impl == "kron"
     for family, distance in [("exp", "l2"), ("poly", "l1"), ("general", "l1")]:
-        assert build_rpe(family, (big, big), 2, distance=distance).impl == "fft"
-    assert build_rpe("exp", (big, big), 2).impl == "kron"
+        assert build_rpe(family, (kron, kron), 2, distance=distance).impl == "dense"
+        assert build_rpe(family, (fft - 1, fft - 1), 2, distance=distance).impl == "dense"
+        assert build_rpe(family, (fft, fft), 2, distance=distance).impl == "fft"
 
 
 @pytest.mark.parametrize("family,distance", CASES)

@@ -33,10 +33,11 @@ FAMILIES = ("none", "general", "exp", "poly")
 DISTANCES = ("l1", "l2")
 IMPLS = ("auto", "dense", "kron", "fft")
 
-# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): up to
-# AUTO_DENSE_MAX_TOKENS grid tokens the dense L x L product is fastest; above, kron for separable
-# masks; non-separable masks switch from dense to fft at AUTO_FFT_MIN_TOKENS.
-AUTO_DENSE_MAX_TOKENS = 64
+# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): separable
+# masks switch from the dense L x L product to kron at AUTO_KRON_MIN_TOKENS grid tokens (dense is
+# faster at 6x6, kron at 8x8), the others from dense to fft at AUTO_FFT_MIN_TOKENS (dense is faster
+# at 32x32, fft at 64x64).
+AUTO_KRON_MIN_TOKENS = 64
 AUTO_FFT_MIN_TOKENS = 2048
 # Side of the square tiles of the kron attention (tiled_exp_attend); measured in docs/benchmarks.md.
 KRON_TILE = 8
@@ -144,14 +145,12 @@ class RelativePositionMask(nn.Module):
         return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
 
     def resolve_impl(self, impl: str) -> str:
-        """``auto``: dense for small grids, kron when separable, fft for large grids (docs/attention.md)."""
+        """``auto``: dense for small grids, then kron if separable, else fft (docs/attention.md)."""
         if impl != "auto":
             return impl
         n = self.grid_size[0] * self.grid_size[1]
-        if n <= AUTO_DENSE_MAX_TOKENS:
-            return "dense"
         if self.separable:
-            return "kron"
+            return "kron" if n >= AUTO_KRON_MIN_TOKENS else "dense"
         return "fft" if n >= AUTO_FFT_MIN_TOKENS else "dense"
 
     def distances(self, like: torch.Tensor) -> torch.Tensor:
