@@ -179,8 +179,8 @@ def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
 class WandbTestPredictions(L.Callback):
     """At the end of testing: a confusion matrix and a table of sample predictions, in W&B.
 
-    Does nothing unless a WandbLogger is attached. The test step returns no outputs, so the
-    callback runs the model once more on each test batch (inference only, test time doubles).
+    Does nothing unless a WandbLogger is attached. Reads the logits the test step returns; a
+    LightningModule whose test step returns none gets the model run once more on the batch.
     """
 
     def __init__(self, num_samples: int = 64, class_names: Sequence[str] | None = None):
@@ -201,7 +201,8 @@ class WandbTestPredictions(L.Callback):
             return
         images, targets = batch
         targets = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        probs = pl_module(images).softmax(dim=-1).float()
+        logits = outputs.get("logits") if isinstance(outputs, dict) else None
+        probs = (pl_module(images) if logits is None else logits).softmax(dim=-1).float()
         self.targets.append(targets.cpu())
         self.predictions.append(probs.argmax(dim=-1).cpu())
         for image, target, prob in zip(images, targets, probs):

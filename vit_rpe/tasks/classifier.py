@@ -143,7 +143,8 @@ class ImageClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and logits of one batch; updates and logs the stage's metrics."""
         images, targets = batch
         logits = self(images)
         # Soft targets (mixup / cutmix) arrive as [B, num_classes] probabilities.
@@ -168,7 +169,7 @@ class ImageClassifier(L.LightningModule):
             on_epoch=True,
             prog_bar=stage != "test",
         )
-        return loss
+        return loss, logits
 
     def on_train_start(self) -> None:
         # Sanity-check batches must not count towards the best validation accuracy.
@@ -187,7 +188,7 @@ class ImageClassifier(L.LightningModule):
         self._epoch_images = 0
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self._epoch_images += batch[0].shape[0]
         return loss
@@ -211,8 +212,9 @@ class ImageClassifier(L.LightningModule):
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, logits = self._step(batch, "test")
+        return {"logits": logits.detach()}  # for callbacks (W&B predictions); Lightning keeps none
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
