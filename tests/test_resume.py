@@ -16,6 +16,7 @@ from torch.multiprocessing import ProcessExitedException
 from tests.conftest import FAST, compose_config
 from vit_rpe.callbacks import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.train import train
+from vit_rpe.utils.checkpoint import read_checkpoint
 
 # Three planned epochs of three batches, with every source of randomness switched on:
 # shuffling, random crops, flips, drop path.
@@ -157,6 +158,18 @@ def test_ddp_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
         run_with(compose_config("train", ddp, run_dir), Interrupt(epoch=1, batch=1))
     assert stopped.value.exit_code == EXIT_SIGINT
     assert_same_run(resume(run_dir), run_dir, (expected, straight_dir))
+
+
+def test_resume_a_performer_run(train_config):
+    """Checkpoints of modules with extra state (the Performer's redraw schedule) fit on resume."""
+    cfg = train_config("model=performer", "rpe=exp", "trainer.max_epochs=1")
+    run_dir = Path(cfg.paths.output_dir)
+    first = train(cfg)
+    more = train(compose_config("train", [f"resume_dir={run_dir}", "trainer.max_epochs=2"], run_dir))
+    assert first["epochs"] == 1 and more["epochs"] == 2
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    schedule = ckpt["state_dict"]["net.blocks.0.attn.kernel._extra_state"]
+    assert schedule["steps"] == ckpt["global_step"] > 0, "the redraw schedule went on counting"
 
 
 def test_resume_applies_overrides_and_refuses_group_switches(train_config, tmp_path):

@@ -70,14 +70,20 @@ def read_task_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
-    """'' when the keys and shapes agree, else a short description of what differs."""
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """'' when the keys and tensor shapes agree, else a short description of what differs.
+
+    Besides tensors a state dict holds modules' extra states (``_extra_state``: the Performer's
+    redraw schedule), compared by presence only.
+    """
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     reshaped = [
         f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
         for k in expected
-        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+        if k in given
+        and isinstance(expected[k], torch.Tensor)
+        and tuple(getattr(given[k], "shape", ())) != tuple(expected[k].shape)
     ]
     parts = []
     for name, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)):
