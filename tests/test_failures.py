@@ -82,6 +82,23 @@ def test_load_net_weights_from_plain_state_dicts(fmt, net_and_weights, tmp_path)
     torch.testing.assert_close(fresh(images), net(images))
 
 
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_load_performer_weights_with_or_without_its_extra_state(fmt, train_config, tmp_path):
+    """A Performer's state dict holds its redraw schedule (a dict): torch.save keeps it,
+    safetensors cannot; both files load, and the loaded net computes what the saved one did."""
+    cfg = train_config("model=performer", "rpe=exp")
+    net = instantiate(cfg.model.net).eval()
+    state = net.state_dict()
+    path = tmp_path / f"net.{fmt}"
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(path))
+    else:
+        torch.save(state, path)
+    fresh = load_net_weights(instantiate(cfg.model.net), path).eval()
+    images = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(fresh(images), net(images))
+
+
 def test_load_net_weights_rejects_other_shapes_and_code(net_and_weights, tmp_path):
     cfg, _net, state = net_and_weights
     path = tmp_path / "other.pt"

@@ -113,14 +113,20 @@ def load_net_weights(net: nn.Module, path: str | Path, strict: bool = True) -> n
     """Load backbone weights from a plain state dict or a task checkpoint, safely, into ``net``."""
     ckpt = read_checkpoint(path)
     state = ckpt["state_dict"] if is_task_checkpoint(ckpt) else ckpt
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not all(isinstance(v, torch.Tensor) or k.endswith("_extra_state") for k, v in state.items()):
         raise CheckpointError(f"{path} is not a state dict of tensors")
     state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     if state and all(k.startswith("net.") for k in state):
         state = {k[len("net.") :]: v for k, v in state.items()}
     expected = model_state(net)
+    # Extra states (the Performer's redraw schedule) only matter to continue training, and formats
+    # such as safetensors cannot hold them: a file without them keeps the backbone's own.
+    state |= {k: v for k, v in expected.items() if k.endswith("_extra_state") and k not in state}
     mismatch = state_dict_mismatch(expected, state)
-    if mismatch and (strict or any(k in state and state[k].shape != expected[k].shape for k in expected)):
+    reshaped = any(
+        isinstance(v, torch.Tensor) and k in state and state[k].shape != v.shape for k, v in expected.items()
+    )
+    if mismatch and (strict or reshaped):
         raise CheckpointError(f"weights in {path} do not fit this backbone: {mismatch}")
     target = net._orig_mod if hasattr(net, "_orig_mod") else net
     target.load_state_dict(state, strict=strict)
