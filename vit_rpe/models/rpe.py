@@ -292,6 +292,39 @@ def exp_axis_blocks(rate: torch.Tensor, size: int, tiles: int) -> tuple[torch.Te
     return inside, u, w, between
 
 
+def keys_in_other_tile_columns(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    y_blocks: tuple[torch.Tensor, ...],
+    x_blocks: tuple[torch.Tensor, ...],
+    other_rows: bool,
+) -> torch.Tensor:
+    """The part of ``tiled_exp_attend`` from keys in other tile columns, [B, H, ty, by, tx, bx, e].
+
+    q, k, v are tiled grids [B, H, ty, by, tx, bx, c]; ``*_blocks`` are ``exp_axis_blocks`` of
+    each axis. Per key row of a tile, fk (x) v1 is summed over the tile's columns (w_x), carried
+    across tile columns (C_x) and spread over the query rows of the same tile row (T_y); with
+    ``other_rows`` the row sums are also summed over rows (w_y), carried across tile rows (C_y)
+    and spread by u_y. The states are [B, H, 2 (direction along x), ty, by, tx, m, e].
+    """
+    t_y, u_y, w_y, c_y = y_blocks
+    _, u_x, w_x, c_x = x_blocks
+    b, h, ty, by, tx, _, m = q.shape
+    e = v.shape[-1]
+    f = m * e
+    weighted = w_x[:, :, None, None, None, :, None] * v[:, :, None]
+    rows = k[:, :, None].transpose(-2, -1) @ weighted  # fk (x) v1 summed over a tile row
+    rows = c_x[:, :, None, None] @ rows.reshape(b, h, 2, ty, by, tx, f)  # carried across tile columns
+    near = t_y[:, None, None] @ rows.reshape(b, h, 2, ty, by, tx * f)  # same tile row
+    if other_rows:
+        far = (w_y[:, None, None] @ rows.reshape(b, h, 2, ty, by, tx * f)).transpose(3, 4)
+        far = c_y[:, None] @ far  # [B, H, 2 (x), 2 (y), ty, tx * f]
+        near = near + u_y.transpose(-2, -1)[:, None, None] @ far.transpose(3, 4)
+    reached = q[:, :, None] @ near.reshape(b, h, 2, ty, by, tx, m, e)
+    return (u_x[:, :, None, None, None, :, None] * reached).sum(2)
+
+
 def tiled_exp_attend(
     fq: torch.Tensor,
     fk: torch.Tensor,
@@ -314,12 +347,11 @@ def tiled_exp_attend(
       rows (C_y), spread by u_y, then contracted with fq together with the previous kind (u_x);
     - same tile column, other tile row: the transpose of the second kind.
     """
-    b, h, _, m = fk.shape
+    b, h = fk.shape[:2]
     e = v1.shape[-1]
     hg, wg = grid_size
     by, bx = min(tile, hg), min(tile, wg)
     ty, tx = -(-hg // by), -(-wg // bx)
-    f = m * e
 
     def tiles(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, c] -> [B, H, ty, by, tx, bx, c], a view
         x = F.pad(x.reshape(b, h, hg, wg, -1), (0, 0, 0, tx * bx - wg, 0, ty * by - hg))
@@ -328,36 +360,23 @@ def tiled_exp_attend(
     # Every product below is a matmul over the last two dimensions of these layouts (no einsum
     # permutes of the big [.., m, e] states).
     q, k, v = tiles(fq), tiles(fk), tiles(v1)
-    t_y, u_y, w_y, c_y = exp_axis_blocks(rate, by, ty)
-    t_x, u_x, w_x, c_x = exp_axis_blocks(rate, bx, tx)
+    y_blocks, x_blocks = exp_axis_blocks(rate, by, ty), exp_axis_blocks(rate, bx, tx)
 
     # Same tile: (fq fk^T * T_y (x) T_x) v1 over the tile's by * bx tokens.
     def per_tile(x: torch.Tensor) -> torch.Tensor:  # [B, H, ty, tx, by * bx, c]
         return x.transpose(3, 4).reshape(b, h, ty, tx, by * bx, x.shape[-1])
 
+    t_y, t_x = y_blocks[0], x_blocks[0]
     inside = (t_y[:, :, None, :, None] * t_x[:, None, :, None, :]).reshape(h, 1, 1, by * bx, by * bx)
     scores = per_tile(q) @ per_tile(k).transpose(-2, -1)
     out = ((scores * inside) @ per_tile(v)).reshape(b, h, ty, tx, by, bx, e).transpose(3, 4)
 
-    if tx > 1:  # keys in other tile columns, [B, H, 2 (direction along x), ty, by, tx, ...]
-        weighted = w_x[:, :, None, None, None, :, None] * v[:, :, None]
-        rows = k[:, :, None].transpose(-2, -1) @ weighted  # fk (x) v1 summed over a tile row
-        rows = c_x[:, :, None, None] @ rows.reshape(b, h, 2, ty, by, tx, f)  # carried across tile columns
-        near = t_y[:, None, None] @ rows.reshape(b, h, 2, ty, by, tx * f)  # same tile row
-        if ty > 1:  # ... and in other tile rows
-            far = (w_y[:, None, None] @ rows.reshape(b, h, 2, ty, by, tx * f)).transpose(3, 4)
-            far = c_y[:, None] @ far  # [B, H, 2 (x), 2 (y), ty, tx * f]
-            near = near + u_y.transpose(-2, -1)[:, None, None] @ far.transpose(3, 4)
-        reached = q[:, :, None] @ near.reshape(b, h, 2, ty, by, tx, m, e)
-        out = out + (u_x[:, :, None, None, None, :, None] * reached).sum(2)
-    if ty > 1:  # keys in other tile rows of the same tile column, [B, H, 2 (y), ty, tx, bx, ...]
-        q, k, v = (x.permute(0, 1, 2, 4, 5, 3, 6) for x in (q, k, v))  # [B, H, ty, tx, bx, by, c]
-        weighted = w_y[:, :, None, None, None, :, None] * v[:, :, None]
-        cols = k[:, :, None].transpose(-2, -1) @ weighted  # summed over a tile column
-        cols = c_y @ cols.reshape(b, h, 2, ty, tx * bx * f)  # carried across tile rows
-        near = t_x[:, None, None, None] @ cols.reshape(b, h, 2, ty, tx, bx, f)
-        reached = q[:, :, None] @ near.reshape(b, h, 2, ty, tx, bx, m, e)
-        out = out + (u_y[:, :, None, None, None, :, None] * reached).sum(2).permute(0, 1, 2, 5, 3, 4, 6)
+    if tx > 1:  # keys in other tile columns (other tile rows included)
+        out = out + keys_in_other_tile_columns(q, k, v, y_blocks, x_blocks, other_rows=ty > 1)
+    if ty > 1:  # keys in other tile rows of the same tile column: the same on the transposed grid
+        q, k, v = (x.permute(0, 1, 4, 5, 2, 3, 6) for x in (q, k, v))  # [B, H, tx, bx, ty, by, c]
+        across = keys_in_other_tile_columns(q, k, v, x_blocks, y_blocks, other_rows=False)
+        out = out + across.permute(0, 1, 4, 5, 2, 3, 6)
 
     out = out.reshape(b, h, ty * by, tx * bx, e)[:, :, :hg, :wg]
     return out.reshape(b, h, hg * wg, e)
