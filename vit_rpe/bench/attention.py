@@ -3,7 +3,8 @@
     python -m vit_rpe.bench attention [--out docs/bench] [--grids 8 16 32 64 128] [--quick]
 
 Cases are kernel x RPE x impl: softmax (plain SDPA, and SDPA with the exp mask as an additive
-bias), performer and linear (no RPE; exp-l1 via dense, kron, fft; poly-l1 via dense, fft). The
+bias), performer and linear (no RPE; exp-l1 via dense, kron, fft; poly-l1 via dense, fft), and
+``performer+exp/floor``: a lower bound on kron's time (``KronFloor``). The
 input is one batch of ``--batch`` x ``--heads`` x (1 + Hg*Wg) tokens x ``--head-dim``; every
 case starts from the same q, k, v and the mask's own parameters, and backpropagates a sum.
 Writes attention.json and attention.png under ``--out``.
@@ -16,10 +17,12 @@ import gc
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from vit_rpe.bench.common import environment, peak_memory, steady_malloc, time_it, write_json
 from vit_rpe.models.attention import build_kernel
-from vit_rpe.models.rpe import build_rpe
+from vit_rpe.models.rpe import KRON_TILE, build_rpe
 
 CASES = [
     ("softmax", "none", "-"),
@@ -27,6 +30,7 @@ CASES = [
     ("performer", "none", "-"),
     ("performer", "exp", "dense"),
     ("performer", "exp", "kron"),
+    ("performer", "exp", "floor"),
     ("performer", "exp", "fft"),
     ("performer", "poly", "dense"),
     ("performer", "poly", "fft"),
@@ -35,6 +39,45 @@ CASES = [
     ("linear", "exp", "kron"),
     ("linear", "exp", "fft"),
 ]
+
+
+class KronFloor(nn.Module):
+    """Stands in for the exp mask with impl=kron, doing only the products no tiled exact kron avoids.
+
+    ``tiled_exp_attend`` cuts the grid into strips of ``tile`` keys along each axis (two branches:
+    row strips and column strips). In each branch every key's fk (x) v1 goes into its strip's
+    state for both directions (before and after the query), and every query is contracted with
+    both directions' states: 4 products of m x (d+1) per key and per query, against plain
+    Performer's 2 in all. This does exactly those, as one matmul per branch and side, with no
+    carrying between tiles, no spreading over rows and no in-tile attention, so its time is below
+    kron's whatever those cost: if it alone is over 2x plain Performer, so is kron. (A branch exists
+    only along an axis of more than one tile, as in ``tiled_exp_attend``.)
+    """
+
+    def __init__(self, grid_size: tuple[int, int], tile: int = KRON_TILE):
+        super().__init__()
+        self.grid_size = grid_size
+        self.tile = min(tile, *grid_size)
+
+    def attend(self, fq: torch.Tensor, fk: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        hg, wg = self.grid_size
+        p = fq.shape[2] - hg * wg
+        e, t = v1.shape[-1], self.tile
+
+        def strips(x: torch.Tensor, axis: int) -> torch.Tensor:  # [B, H, strips, tile, c], zero-padded
+            x = F.pad(x[:, :, p:].unflatten(2, (hg, wg)), (0, 0, 0, -wg % t, 0, -hg % t))
+            return x.movedim(axis, -2).reshape(*x.shape[:2], -1, t, x.shape[-1])
+
+        grid_out = fq.new_zeros(*fq.shape[:2], hg * wg, e)
+        for axis, size in ((3, wg), (2, hg)):  # row strips, column strips
+            if size <= t:
+                continue  # a single tile along this axis: kron has no such branch
+            q, k, v = (strips(x, axis) for x in (fq, fk, v1))
+            states = k.transpose(-2, -1) @ torch.cat([v, v], -1)  # both sides: [.., m, 2e]
+            states = states.unflatten(-1, (2, e)).transpose(-3, -2).flatten(-3, -2)  # [.., 2m, e]
+            out = torch.cat([q, q], -1) @ states  # [B, H, strips, tile, e]
+            grid_out = grid_out + out.flatten(2, 3)[:, :, : hg * wg]  # token order: no matter here
+        return torch.cat([fq[:, :, :p] @ (fk.transpose(-2, -1) @ v1), grid_out], dim=2)
 
 
 def case_name(kernel: str, rpe: str, impl: str) -> str:
@@ -58,7 +101,9 @@ def make_case(kernel: str, rpe: str, impl: str, grid: int, args, device):
     if hasattr(attn, "redraw_interval"):
         attn.redraw_interval = 0  # time the attention, not the redraw
     mask = None
-    if rpe != "none":
+    if impl == "floor":
+        mask = KronFloor((grid, grid)).to(device)
+    elif rpe != "none":
         mask = build_rpe(rpe, (grid, grid), args.heads, 1, "l1", impl if impl != "bias" else "auto").to(
             device
         )
@@ -124,7 +169,7 @@ def plot(records: list[dict], path: Path, title: str) -> None:
             continue
         n = [r["tokens"] for r in rows]
         label = case_name(kernel, rpe, impl)
-        marker = {"-": "o", "bias": "s", "dense": "x", "kron": "^", "fft": "v"}[impl]
+        marker = {"-": "o", "bias": "s", "dense": "x", "kron": "^", "floor": ".", "fft": "v"}[impl]
         axes[0].plot(n, [r["time_s"] * 1e3 for r in rows], styles[kernel], marker=marker, label=label)
         mem = [(x, r["peak_mib"]) for x, r in zip(n, rows) if r["peak_mib"]]
         if mem:
@@ -174,11 +219,14 @@ def ratios(records: list[dict]) -> list[str]:
     for g in sorted({r["grid"] for r in records}):
         base = by.get(("performer", "none", "-", g))
         kron = by.get(("performer", "exp", "kron", g))
+        floor = by.get(("performer", "exp", "floor", g))
         fft = by.get(("performer", "exp", "fft", g))
         dense = by.get(("performer", "exp", "dense", g))
         parts = []
         if base and kron:
             parts.append(f"kron/plain {kron / base:.2f}x")
+        if base and floor:
+            parts.append(f"floor/plain {floor / base:.2f}x")
         if base and fft:
             parts.append(f"fft/plain {fft / base:.2f}x")
         if dense and kron:
