@@ -42,13 +42,13 @@ CASES = [
 
 
 class KronFloor(nn.Module):
-    """Stands in for the exp mask with impl=kron, doing only the products no tiled exact kron avoids.
+    """Stands in for the exp mask with impl=kron, doing only the state products the tiled kron must do.
 
     ``tiled_exp_attend`` cuts the grid into strips of ``tile`` keys along each axis (two branches:
     row strips and column strips). In each branch every key's fk (x) v1 goes into its strip's
     state for both directions (before and after the query), and every query is contracted with
-    both directions' states: 4 products of m x (d+1) per key and per query, against plain
-    Performer's 2 in all. This does exactly those, as one matmul per branch and side, with no
+    both directions' states: 4 products of m x (d+1) per key and 4 per query, where plain
+    Performer does 1 and 1. This does exactly those, as one matmul per branch and side, with no
     carrying between tiles, no spreading over rows and no in-tile attention, so its time is below
     kron's whatever those cost: if it alone is over 2x plain Performer, so is kron. (A branch exists
     only along an axis of more than one tile, as in ``tiled_exp_attend``.)
