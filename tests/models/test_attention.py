@@ -69,7 +69,7 @@ def test_feature_kernels_with_rpe_equal_brute_force(name, family, distance, pref
     expected = brute_force_output(kernel, q.double(), k.double(), v.double(), rpe.mask().double())
     if rpe.separable:
         rpe.kron_tile = 3  # several tile rows and columns: every branch of the tiled product
-    for impl in ["dense", "fft"] + (["kron"] if rpe.separable else []):
+    for impl in ["quadratic", "dense", "fft"] + (["kron"] if rpe.separable else []):
         rpe.impl = impl
         out = kernel(q, k, v, rpe)
         assert out.dtype == dtype
@@ -104,7 +104,7 @@ def test_softmax_with_rpe_is_masked_softmax(family, distance, prefix):
 
 
 @pytest.mark.parametrize("name", ATTENTIONS)
-@pytest.mark.parametrize("impl", ["dense", "fft"])
+@pytest.mark.parametrize("impl", ["quadratic", "dense", "fft"])
 def test_zero_block_hides_masked_keys(name, impl):
     """Keys below the query row get M = 0: outputs never see them (row-specific denominators)."""
     rpe = build_rpe("general", (4, 5), 2, 0, "l1", impl).double()

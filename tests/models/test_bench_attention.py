@@ -45,4 +45,4 @@ def test_attention_benchmark_writes_records_and_plot(tmp_path, capsys):
     assert result["environment"]["nb_features"] == bench_attention.build_kernel("performer", 16).nb_features
     assert (tmp_path / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
-    assert "performer+exp 8x8: kron/plain" in out and "floor/plain" in out
+    assert "8x8: performer+exp/kron / performer " in out and "performer+exp/floor / performer " in out

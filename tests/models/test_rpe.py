@@ -1,4 +1,4 @@
-"""RPE masks: one definition, three products (dense, kron, fft) proven equal to a brute force."""
+"""RPE masks: one definition, four products (quadratic, dense, kron, fft) proven equal to a brute force."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_every_impl_equals_dense_matmul(family, distance, prefix, dtype, tol):
 def test_kron_needs_a_separable_mask():
     assert build_rpe("exp", GRID, 2, distance="l1", impl="kron").separable
     for family, distance in [("exp", "l2"), ("poly", "l1"), ("general", "l1")]:
-        with pytest.raises(ValueError, match="fft, dense or auto"):
+        with pytest.raises(ValueError, match="auto, quadratic, fft or dense"):
             build_rpe(family, GRID, 2, distance=distance, impl="kron")
 
 
@@ -118,12 +118,12 @@ def test_bad_names_are_rejected():
 def test_auto_rule():
     kron = math.ceil(AUTO_KRON_MIN_TOKENS**0.5)
     fft = math.ceil(AUTO_FFT_MIN_TOKENS**0.5)
-    assert build_rpe("exp", (kron - 1, kron - 1), 2).impl == "dense"
+    assert build_rpe("exp", (kron - 1, kron - 1), 2).impl == "quadratic"
     assert build_rpe("exp", (kron, kron), 2).impl == "kron"
     assert build_rpe("exp", (fft, fft), 2).impl == "kron"
     for family, distance in [("exp", "l2"), ("poly", "l1"), ("general", "l1")]:
-        assert build_rpe(family, (kron, kron), 2, distance=distance).impl == "dense"
-        assert build_rpe(family, (fft - 1, fft - 1), 2, distance=distance).impl == "dense"
+        assert build_rpe(family, (kron, kron), 2, distance=distance).impl == "quadratic"
+        assert build_rpe(family, (fft - 1, fft - 1), 2, distance=distance).impl == "quadratic"
         assert build_rpe(family, (fft, fft), 2, distance=distance).impl == "fft"
 
 
@@ -201,18 +201,21 @@ def test_tiled_kron_attend_equals_brute_force(grid, tile, prefix, dtype, tol):
     assert err.item() < tol
 
 
+@pytest.mark.parametrize("impl", ["kron", "quadratic"])
 @pytest.mark.parametrize("prefix", [0, 1])
-def test_tiled_kron_gradients_equal_dense(prefix):
+def test_attend_gradients_equal_dense(prefix, impl):
+    """Gradients of fq, fk, v1 and of the mask parameters (the rate, the cls logit)."""
     rpe = perturbed("exp", "l1", prefix, grid=(5, 7), heads=2, impl="kron")
     rpe.kron_tile = 2
     g = torch.Generator().manual_seed(1)
     inputs = [torch.rand(1, 2, rpe.num_tokens, 3, generator=g, dtype=torch.float64) for _ in range(3)]
     grads = {}
-    for impl in ("kron", "dense"):
-        rpe.impl = impl
+    for name in (impl, "dense"):
+        rpe.impl = name
         rpe.zero_grad(set_to_none=True)
         leaves = [x.clone().requires_grad_(True) for x in inputs]
         (rpe.attend(*leaves) * torch.linspace(-1, 1, 3, dtype=torch.float64)).sum().backward()
-        grads[impl] = [x.grad for x in leaves] + [p.grad for p in rpe.parameters()]
-    for kron, dense in zip(grads["kron"], grads["dense"]):
-        torch.testing.assert_close(kron, dense, rtol=1e-10, atol=1e-12)
+        grads[name] = [x.grad for x in leaves] + [p.grad for p in rpe.parameters()]
+    assert len(grads[impl]) == 3 + 1 + prefix
+    for got, dense in zip(grads[impl], grads["dense"]):
+        torch.testing.assert_close(got, dense, rtol=1e-10, atol=1e-12)

@@ -3,7 +3,8 @@
     python -m vit_rpe.bench attention [--out docs/bench] [--grids 8 16 32 64 128] [--quick]
 
 Cases are kernel x RPE x impl: softmax (plain SDPA, and SDPA with the exp mask as an additive
-bias), performer and linear (no RPE; exp-l1 via dense, kron, fft; poly-l1 via dense, fft), and
+bias), performer and linear (no RPE; exp-l1 via quadratic, dense, kron, fft; poly-l1 via quadratic,
+dense, fft), and
 ``performer+exp/floor``: a lower bound on kron's time (``KronFloor``). The
 input is one batch of ``--batch`` x ``--heads`` x (1 + Hg*Wg) tokens x ``--head-dim``; every
 case starts from the same q, k, v and the mask's own parameters, and backpropagates a sum.
@@ -28,13 +29,16 @@ CASES = [
     ("softmax", "none", "-"),
     ("softmax", "exp", "bias"),
     ("performer", "none", "-"),
+    ("performer", "exp", "quadratic"),
     ("performer", "exp", "dense"),
     ("performer", "exp", "kron"),
     ("performer", "exp", "floor"),
     ("performer", "exp", "fft"),
+    ("performer", "poly", "quadratic"),
     ("performer", "poly", "dense"),
     ("performer", "poly", "fft"),
     ("linear", "none", "-"),
+    ("linear", "exp", "quadratic"),
     ("linear", "exp", "dense"),
     ("linear", "exp", "kron"),
     ("linear", "exp", "fft"),
@@ -85,12 +89,13 @@ def case_name(kernel: str, rpe: str, impl: str) -> str:
 
 
 def fits(kernel: str, impl: str, tokens: int, args) -> bool:
-    """Skip the L x L cases whose [H, L, L] matrices alone pass --max-dense-mib (and the slowest)."""
-    if impl not in ("dense", "bias"):
+    """Skip the L x L cases whose [H, L, L] matrices (per batch element for quadratic) alone pass
+    --max-dense-mib, and dense beyond --max-dense-tokens (the slowest)."""
+    if impl not in ("dense", "bias", "quadratic"):
         return True  # softmax without a mask is flash attention on CPU and GPU: O(L) memory
     if impl == "dense" and tokens > args.max_dense_tokens:
         return False
-    mib = args.heads * tokens**2 * 4 / 2**20
+    mib = args.heads * tokens**2 * 4 / 2**20 * (args.batch if impl == "quadratic" else 1)
     return 3 * mib <= args.max_dense_mib
 
 
@@ -169,7 +174,15 @@ def plot(records: list[dict], path: Path, title: str) -> None:
             continue
         n = [r["tokens"] for r in rows]
         label = case_name(kernel, rpe, impl)
-        marker = {"-": "o", "bias": "s", "dense": "x", "kron": "^", "floor": ".", "fft": "v"}[impl]
+        marker = {
+            "-": "o",
+            "bias": "s",
+            "quadratic": "D",
+            "dense": "x",
+            "kron": "^",
+            "floor": ".",
+            "fft": "v",
+        }[impl]
         axes[0].plot(n, [r["time_s"] * 1e3 for r in rows], styles[kernel], marker=marker, label=label)
         mem = [(x, r["peak_mib"]) for x, r in zip(n, rows) if r["peak_mib"]]
         if mem:
@@ -213,28 +226,27 @@ def table(records: list[dict], grids: list[int]) -> str:
 
 
 def ratios(records: list[dict]) -> list[str]:
-    """The targets of issue #3 as ratios within this run."""
+    """The targets of issue #3, and the crossovers of the ``auto`` rule, as ratios within this run."""
     by = {(r["kernel"], r["rpe"], r["impl"], r["grid"]): r["time_s"] for r in records}
+    pairs = [  # (numerator, denominator): each a (rpe, impl) of Performer
+        (("exp", "kron"), ("none", "-")),
+        (("exp", "floor"), ("none", "-")),
+        (("exp", "dense"), ("exp", "kron")),
+        (("exp", "quadratic"), ("exp", "kron")),
+        (("exp", "dense"), ("exp", "fft")),
+        (("poly", "quadratic"), ("poly", "fft")),
+    ]
     lines = []
     for g in sorted({r["grid"] for r in records}):
-        base = by.get(("performer", "none", "-", g))
-        kron = by.get(("performer", "exp", "kron", g))
-        floor = by.get(("performer", "exp", "floor", g))
-        fft = by.get(("performer", "exp", "fft", g))
-        dense = by.get(("performer", "exp", "dense", g))
         parts = []
-        if base and kron:
-            parts.append(f"kron/plain {kron / base:.2f}x")
-        if base and floor:
-            parts.append(f"floor/plain {floor / base:.2f}x")
-        if base and fft:
-            parts.append(f"fft/plain {fft / base:.2f}x")
-        if dense and kron:
-            parts.append(f"dense/kron {dense / kron:.1f}x")
-        if dense and fft:
-            parts.append(f"dense/fft {dense / fft:.1f}x")
+        for top, bottom in pairs:
+            a, b = by.get(("performer", *top, g)), by.get(("performer", *bottom, g))
+            if a and b:
+                parts.append(
+                    f"{case_name('performer', *top)} / {case_name('performer', *bottom)} {a / b:.2f}x"
+                )
         if parts:
-            lines.append(f"performer+exp {g}x{g}: " + ", ".join(parts))
+            lines.append(f"{g}x{g}: " + ", ".join(parts))
     return lines
 
 

@@ -11,8 +11,11 @@ indexed by (dy + Hg - 1, dx + Wg - 1) with dy = y_query - y_key. Everything else
 - ``forward(z)``: the product M @ z, computed ``dense`` (an L x L matmul, the reference), ``kron``
   (M = My (x) Mx for separable masks: one small matmul per grid axis) or ``fft`` (a 2-D linear
   convolution of the grid with the offset table);
-- ``attend(fq, fk, v1)``: what linear attention needs of M, phi(q_i).(M Z)_i; dense and fft contract
-  ``forward(Z)``, kron never builds Z (``tiled_exp_attend``).
+- ``attend(fq, fk, v1)``: what linear attention needs of M, sum_j M_ij (fq_i . fk_j) v1_j, which is
+  phi(q_i).(M Z)_i. dense and fft contract ``forward(Z)``; kron never builds Z
+  (``tiled_exp_attend``); ``quadratic`` masks the L x L kernel matrix fq fk^T instead, which is
+  quadratic attention (L^2 (m + e) multiply-adds against dense's L^2 m e) and the fastest on
+  small grids.
 
 Masks are exp(something real), so they are positive by construction.
 """
@@ -31,14 +34,14 @@ from vit_rpe.utils.errors import ConfigError
 
 FAMILIES = ("none", "general", "exp", "poly")
 DISTANCES = ("l1", "l2")
-IMPLS = ("auto", "dense", "kron", "fft")
+IMPLS = ("auto", "quadratic", "dense", "kron", "fft")
 
-# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): separable
-# masks switch from the dense L x L product to kron at AUTO_KRON_MIN_TOKENS grid tokens (dense is
-# faster at 6x6, kron at 8x8), the others from dense to fft at AUTO_FFT_MIN_TOKENS (dense is faster
-# at 32x32, fft at 64x64).
-AUTO_KRON_MIN_TOKENS = 64
-AUTO_FFT_MIN_TOKENS = 2048
+# The `auto` rule, measured by `python -m vit_rpe.bench attention` (docs/benchmarks.md): small grids
+# get quadratic attention; separable masks switch to kron at AUTO_KRON_MIN_TOKENS grid tokens
+# (quadratic is faster at 16x16, kron at 24x24, a tie for Performer at 20x20), the others to fft at
+# AUTO_FFT_MIN_TOKENS (quadratic is faster at 56x56, fft at 64x64).
+AUTO_KRON_MIN_TOKENS = 400
+AUTO_FFT_MIN_TOKENS = 3600
 # Side of the square tiles of the kron attention (tiled_exp_attend); measured in docs/benchmarks.md.
 KRON_TILE = 8
 
@@ -115,7 +118,7 @@ class RelativePositionMask(nn.Module):
         if impl == "kron" and not self.separable:
             raise ConfigError(
                 f"rpe.impl=kron needs a separable mask (rpe=exp with rpe.distance=l1), "
-                f"but this is {self.describe()}: use rpe.impl=fft, dense or auto"
+                f"but this is {self.describe()}: use rpe.impl=auto, quadratic, fft or dense"
             )
         self.impl = self.resolve_impl(impl)
         # The cls token has no grid position: its row and column get exp(cls_logit[h]).
@@ -145,13 +148,13 @@ class RelativePositionMask(nn.Module):
         return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
 
     def resolve_impl(self, impl: str) -> str:
-        """``auto``: dense for small grids, then kron if separable, else fft (docs/attention.md)."""
+        """``auto``: quadratic for small grids, then kron if separable, else fft (docs/attention.md)."""
         if impl != "auto":
             return impl
         n = self.grid_size[0] * self.grid_size[1]
         if self.separable:
-            return "kron" if n >= AUTO_KRON_MIN_TOKENS else "dense"
-        return "fft" if n >= AUTO_FFT_MIN_TOKENS else "dense"
+            return "kron" if n >= AUTO_KRON_MIN_TOKENS else "quadratic"
+        return "fft" if n >= AUTO_FFT_MIN_TOKENS else "quadratic"
 
     def distances(self, like: torch.Tensor) -> torch.Tensor:
         """Distance of every 2-D offset, [2Hg-1, 2Wg-1], in the dtype of ``like``."""
@@ -187,7 +190,7 @@ class RelativePositionMask(nn.Module):
     def forward(self, z: torch.Tensor, impl: str | None = None) -> torch.Tensor:
         """M @ z for z [B, H, L, F] (any F), by the module's ``impl`` or the one given."""
         impl = impl or self.impl
-        if impl == "dense":
+        if impl in ("dense", "quadratic"):  # no product with z is cheaper than the L x L one
             return torch.matmul(self.mask().to(z.dtype), z)
         if impl == "kron" and not self.separable:
             raise ConfigError(f"impl=kron is not available for {self.describe()}: use fft or dense")
@@ -215,6 +218,8 @@ class RelativePositionMask(nn.Module):
         b, h, n, m = fk.shape
         e = v1.shape[-1]
         p = self.num_prefix_tokens
+        if self.impl == "quadratic":  # (M * fq fk^T) v1: the same sums in the other order
+            return (self.mask().to(fq.dtype) * (fq @ fk.transpose(-2, -1))) @ v1
         if self.impl == "dense":
             z = (fk[..., :, None] * v1[..., None, :]).reshape(b, h, n, m * e)
             return torch.einsum("bhlm,bhlme->bhle", fq, self(z).reshape(b, h, n, m, e))
