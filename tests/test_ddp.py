@@ -64,5 +64,9 @@ def test_ddp_sim_matches_one_process(tmp_path):
     # One run directory, written once, with one metrics.json and the run's checkpoints.
     written = json.loads((ddp_dir / "metrics.json").read_text())
     assert written["val/acc"] == ddp["val/acc"]
+    # The run summary comes back from the worker processes (it used to read epochs 0, no speed).
+    assert written["epochs"] == single["epochs"] == 2
+    assert written["seconds_per_epoch"] > 0 and written["train_images_per_sec"] > 0
+    assert not any(key.startswith("run/") for key in written)
     assert (ddp_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["ddp", "single"]

@@ -7,6 +7,7 @@ main around it only composes the config and returns the metric a sweeper optimis
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
+    run_keys = [k for k in fit_metrics if k.startswith("run/")]  # the classifier's on_fit_end
+    run_stats = {k.removeprefix("run/"): fit_metrics.pop(k) for k in run_keys}
 
     test_metrics: dict[str, Any] = {}
     if cfg.get("test", True):
@@ -99,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True) and trainer.is_global_zero:  # pretrained backbones: save_pretrained format
         exported = export_pretrained(model, datamodule, output_dir / "hf_model", best_checkpoint(trainer))
 
-    metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir)}
+    metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir, run_stats)}
     metrics["export_dir"] = str(exported) if exported else None
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if trainer.is_global_zero:
@@ -115,16 +118,20 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return (callback.best_model_path if callback else "") or None
 
 
-def run_summary(model: L.LightningModule, trainer: L.Trainer, output_dir: Path) -> dict[str, Any]:
-    """Size and speed of the run: parameters, epochs, seconds per epoch, images per second."""
-    seconds = list(getattr(model, "epoch_seconds", []))
-    rates = list(getattr(model, "epoch_images_per_sec", []))
+def run_summary(
+    model: L.LightningModule, trainer: L.Trainer, output_dir: Path, run_stats: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Size and speed of the run: parameters, epochs, seconds per epoch, images per second.
+
+    ``run_stats`` are the classifier's "run/..." callback metrics of the fit (prefix removed):
+    under ddp_spawn the training happened in other processes, and only they say how it went.
+    """
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "epochs": trainer.current_epoch,
-        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-        "train_images_per_sec": sum(rates) / len(rates) if rates else None,
+        "epochs": int(run_stats.get("epochs", trainer.current_epoch)),
+        "seconds_per_epoch": run_stats.get("seconds_per_epoch"),
+        "train_images_per_sec": run_stats.get("train_images_per_sec"),
         "best_ckpt": best_checkpoint(trainer),
         "output_dir": str(output_dir),
         "device": str(model.device.type if hasattr(model, "device") else torch.device("cpu")),

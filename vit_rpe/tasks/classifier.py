@@ -205,6 +205,20 @@ class ImageClassifier(L.LightningModule):
         self.log("train/epoch_time", seconds, on_epoch=True, sync_dist=True)
         self.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True)
 
+    def on_fit_end(self) -> None:
+        """The run's epochs and speed, as "run/..." callback metrics for train.py's summary.
+
+        Callback metrics are what Lightning sends back from the worker processes of a spawned DDP
+        run (trainer=ddp_sim) to the process that writes metrics.json, so train.py reads the
+        summary from them whatever the strategy.
+        """
+        stats = {"run/epochs": float(self.trainer.current_epoch)}
+        seconds, rates = self.epoch_seconds, self.epoch_images_per_sec
+        if seconds:
+            stats["run/seconds_per_epoch"] = sum(seconds) / len(seconds)
+            stats["run/train_images_per_sec"] = sum(rates) / len(rates)
+        self.trainer.callback_metrics.update({key: torch.tensor(value) for key, value in stats.items()})
+
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
