@@ -90,9 +90,10 @@ def rpe_score_mod(rpe: nn.Module):
 class FeatureMapAttention(nn.Module):
     """Linear attention with positive features phi: out_i = phi(q_i).D_i / phi(q_i).d_i.
 
-    Without a mask D and d are global sums (O(L m d)); with a mask D = M Z, applied by the mask's
-    dense / kron / fft product. The feature math runs in fp32 outside autocast and denominators
-    are clamped at ``eps``, so half-precision training stays finite.
+    Without a mask D and d are global sums (O(L m d)); with a mask D = M Z, and the mask's
+    ``attend`` computes phi(q_i).D_i (quadratic / dense / kron / fft, rpe.py). The feature math
+    runs in fp32 outside autocast and denominators are clamped at ``eps``, so half-precision
+    training stays finite.
     """
 
     def __init__(self, head_dim: int, attn_drop: float = 0.0, eps: float = EPS):
