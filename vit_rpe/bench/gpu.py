@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from vit_rpe.utils.run import CONF_DIR
+
 MODELS = ("vit", "performer", "linear")
 RPES = ("none", "general", "exp", "poly")
 START, END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
@@ -47,9 +49,8 @@ def compose_train(overrides: list[str], output_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    conf_dir = Path(__file__).resolve().parents[2] / "conf"
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

@@ -25,9 +25,11 @@ from vit_rpe.utils.errors import UserError
 
 log = logging.getLogger("vit_rpe")
 
-# The config tree at the repository root, as an absolute path: Hydra reads a relative
-# config_path against the module that *imports* the main, which breaks ``python -m vit_rpe``.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The config tree, as an absolute path (Hydra reads a relative config_path against the module that
+# *imports* the main, which breaks ``python -m vit_rpe``): vit_rpe/conf in an installed wheel,
+# else conf/ at the repository root (a checkout, or an editable install of one).
+_WHEEL_CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = str(_WHEEL_CONF if _WHEEL_CONF.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
 def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "rpe", "trainer")) -> None:
