@@ -193,7 +193,7 @@ class RelativePositionMask(nn.Module):
         if impl in ("dense", "quadratic"):  # no product with z is cheaper than the L x L one
             return torch.matmul(self.mask().to(z.dtype), z)
         if impl == "kron" and not self.separable:
-            raise ConfigError(f"impl=kron is not available for {self.describe()}: use fft or dense")
+            raise ConfigError(f"impl=kron needs a separable mask, not {self.describe()}: use fft or dense")
         p = self.num_prefix_tokens
         zp, zg = z[:, :, :p], z[:, :, p:]
         hg, wg = self.grid_size
