@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vit_rpe.bench import attention as bench_attention
+from vit_rpe.bench.common import multiply_adds
 from vit_rpe.models.rpe import tiled_exp_attend
 
 
@@ -42,7 +43,33 @@ def test_attention_benchmark_writes_records_and_plot(tmp_path, capsys):
     names = [(bench_attention.case_name(r["kernel"], r["rpe"], r["impl"]), r["grid"]) for r in records]
     assert sorted(names) == sorted((case, grid) for case in cases for grid in (4, 8))
     assert all(r["time_s"] > 0 and r["reps"] >= 1 for r in records)
+    gmac = {name: r["gmac"] for name, r in zip(names, records)}
+    assert 0 < gmac[("performer+exp/floor", 8)] < gmac[("performer+exp/kron", 8)]
+    assert 0 < gmac[("performer", 8)] < gmac[("performer+exp/kron", 8)]
+    assert result["environment"]["matmul_gmac_per_s"] > 0
     assert result["environment"]["nb_features"] == bench_attention.build_kernel("performer", 16).nb_features
     assert (tmp_path / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "8x8: performer+exp/kron / performer " in out and "performer+exp/floor / performer " in out
+    assert "8x8, 2x plain Performer = " in out
+
+
+def test_multiply_adds_counts_matrix_products_forward_and_backward():
+    a = torch.rand(5, 7, requires_grad=True)
+    b = torch.rand(7, 3)
+    assert multiply_adds(lambda: a @ b) == 5 * 7 * 3
+    # backward: only a needs a gradient, g @ b^T (5 x 3 x 7); the elementwise exp is not counted
+    assert multiply_adds(lambda: (a @ b).exp().sum().backward()) == 2 * 5 * 7 * 3
+
+
+def test_rates_for_target_divide_the_work_by_the_time_allowed():
+    records = [
+        {"kernel": "performer", "rpe": "none", "impl": "-", "grid": 64, "time_s": 0.010, "gmac": 0.1},
+        {"kernel": "performer", "rpe": "exp", "impl": "kron", "grid": 64, "time_s": 0.100, "gmac": 0.9},
+    ]
+    (line,) = bench_attention.rates_for_target(records, matmul_gmac_s=40.0)
+    # 2x plain = 20 ms for 0.9 GMAC: 45 GMAC/s needed, 9 reached
+    assert line == (
+        "64x64, 2x plain Performer = 20.0 ms: kron 0.9 GMAC: needs 45.0 GMAC/s (runs at 9.0); "
+        "one large matmul: 40.0 GMAC/s"
+    )

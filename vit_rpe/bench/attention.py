@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_rpe.bench.common import environment, peak_memory, steady_malloc, time_it, write_json
+from vit_rpe.bench.common import (
+    environment,
+    matmul_rate,
+    multiply_adds,
+    peak_memory,
+    steady_malloc,
+    time_it,
+    write_json,
+)
 from vit_rpe.models.attention import build_kernel
 from vit_rpe.models.rpe import KRON_TILE, build_rpe
 
@@ -146,6 +154,7 @@ def run_grid(cases, grid: int, args, device) -> list[dict]:
         ts = sorted(times[case])
         record = {"kernel": kernel, "rpe": rpe, "impl": impl, "grid": grid, "tokens": 1 + grid * grid}
         record.update(time_s=ts[0], time_median_s=ts[len(ts) // 2], reps=len(ts))
+        record["gmac"] = multiply_adds(step) / 1e9
         record["peak_mib"] = peak_memory(step, device)
         records.append(record)
         mem = record["peak_mib"]
@@ -250,6 +259,35 @@ def ratios(records: list[dict]) -> list[str]:
     return lines
 
 
+def rates_for_target(records: list[dict], matmul_gmac_s: float, target: float = 2.0) -> list[str]:
+    """The GMAC/s kron's (and the floor's) matrix products would need, even with everything else
+    free, to take ``target`` x plain Performer's time, against what they reach and what one large
+    matmul reaches in the same run: where the need is above that ceiling, no arrangement of the
+    same products meets the target on this device."""
+    by = {(r["kernel"], r["rpe"], r["impl"], r["grid"]): r for r in records}
+    lines = []
+    for g in sorted({r["grid"] for r in records}):
+        plain = by.get(("performer", "none", "-", g))
+        if plain is None:
+            continue
+        budget = target * plain["time_s"]
+        parts = []
+        for impl in ("kron", "floor"):
+            r = by.get(("performer", "exp", impl, g))
+            if r is not None and r.get("gmac"):
+                parts.append(
+                    f"{impl} {r['gmac']:.3g} GMAC: needs {r['gmac'] / budget:.1f} GMAC/s"
+                    f" (runs at {r['gmac'] / r['time_s']:.1f})"
+                )
+        if parts:
+            lines.append(
+                f"{g}x{g}, {target:g}x plain Performer = {budget * 1e3:.1f} ms: "
+                + "; ".join(parts)
+                + f"; one large matmul: {matmul_gmac_s:.1f} GMAC/s"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vit_rpe.bench attention", description=__doc__.split("\n")[0]
@@ -291,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "head_dim": args.head_dim,
         "nb_features": build_kernel("performer", args.head_dim).nb_features,
         "malloc_pinned": "memory passes only",
+        "matmul_gmac_per_s": matmul_rate(device),
     }
     write_json(args.out / "attention.json", {"environment": env, "records": records})
     title = (
@@ -302,5 +341,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table(records, args.grids))
     print()
     print("\n".join(ratios(records)))
+    print("\n".join(rates_for_target(records, env["matmul_gmac_per_s"])))
     print(f"\nwrote {args.out / 'attention.json'} and {args.out / 'attention.png'}")
     return 0

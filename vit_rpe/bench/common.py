@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_EVERY_TENSOR = 64 * 1024  # bytes: every tensor above this gets its own mapping
@@ -126,6 +127,24 @@ def time_it(
         times.append(once())
         total += times[-1]
     return {"time_s": min(times), "time_median_s": statistics.median(times), "reps": len(times)}
+
+
+def multiply_adds(fn: Callable[[], object]) -> int:
+    """Multiply-adds in the matrix products of one call of ``fn`` (FlopCounterMode's flops / 2).
+
+    Matmuls, convolutions and attention kernels are counted; elementwise ops and FFTs are not.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() // 2
+
+
+def matmul_rate(device: torch.device, size: int = 2048, reps: int = 3) -> float:
+    """GMAC/s of one large square fp32 matmul, the best this device's BLAS does: a ceiling for
+    what any kernel made of matrix products can sustain."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = time_it(lambda: a @ b, device, min_time=0.0, max_reps=reps)["time_s"]
+    return size**3 / seconds / 1e9
 
 
 def environment(device: torch.device) -> dict:
