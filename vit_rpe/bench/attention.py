@@ -8,6 +8,8 @@ dense, fft), and
 ``performer+exp/floor``: a lower bound on kron's time (``KronFloor``). The
 input is one batch of ``--batch`` x ``--heads`` x (1 + Hg*Wg) tokens x ``--head-dim``; every
 case starts from the same q, k, v and the mask's own parameters, and backpropagates a sum.
+Each record has the time, the peak memory and the multiply-adds of the matrix products (``gmac``);
+the environment has one large matmul's rate, the ceiling for any kernel made of such products.
 Writes attention.json and attention.png under ``--out``.
 """
 
