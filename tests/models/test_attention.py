@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_rpe.models import VisionTransformer
+from vit_rpe.models import VisionTransformer, attention
 from vit_rpe.models.attention import PerformerAttention, build_kernel, default_nb_features
 from vit_rpe.models.rpe import build_rpe
 
@@ -103,6 +103,62 @@ def test_softmax_with_rpe_is_masked_softmax(family, distance, prefix):
     )
 
 
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("family", ["general", "exp", "poly"])
+def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch):
+    """The CPU path (flash forward, chunked backward) against autograd through the explicit
+    softmax: the output and the gradients of q, k, v and every mask parameter."""
+    monkeypatch.setattr(attention, "BIAS_GRAD_CHUNK", 1)  # one batch element per chunk
+    rpe = perturbed_rpe(family, "l1", prefix)
+    kernel = build_kernel("softmax", 8).train()
+    inputs = qkv(2, rpe.num_tokens, batch=3)
+    weights = torch.randn(3, 2, rpe.num_tokens, 8, dtype=torch.float64)  # a loss that is not a sum
+    results = []
+    for explicit in (False, True):
+        rpe.zero_grad(set_to_none=True)
+        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
+        if explicit:
+            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + rpe.log_mask(), -1) @ v
+        else:
+            out = kernel(q, k, v, rpe)
+        (out * weights).sum().backward()
+        results.append([out, q.grad, k.grad, v.grad] + [p.grad for p in rpe.parameters()])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_softmax_rpe_never_holds_batch_by_heads_scores(monkeypatch):
+    """On CPU no tensor of B x H x L x L elements is made, forward or backward; SDPA's math
+    path, which a learned mask used to take, makes several."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    batch, heads = 4, 2
+    rpe = perturbed_rpe("general", "l1", 1, heads=heads, dtype=torch.float32)
+    tokens = rpe.num_tokens
+    monkeypatch.setattr(attention, "BIAS_GRAD_CHUNK", heads * tokens * tokens)
+    kernel = build_kernel("softmax", 8).train()
+    sizes = {}
+    for path in ("flash", "sdpa"):
+        if path == "sdpa":
+            monkeypatch.setattr(attention, "cpu_flash_attention", None)
+        q, k, v = (x.requires_grad_(True) for x in qkv(heads, tokens, dtype=torch.float32, batch=batch))
+        with LargestOutput() as mode:
+            kernel(q, k, v, rpe).sum().backward()
+        sizes[path] = mode.largest
+    assert sizes["flash"] < 2 * heads * tokens * tokens  # one batch element's scores at a time
+    assert sizes["sdpa"] >= batch * heads * tokens * tokens
+
+
 @pytest.mark.parametrize("name", ATTENTIONS)
 @pytest.mark.parametrize("impl", ["quadratic", "dense", "fft"])
 def test_zero_block_hides_masked_keys(name, impl):
@@ -177,7 +233,7 @@ def test_favor_approximates_softmax_and_improves_with_features():
     assert errors[2] < 0.1 * exact.pow(2).mean().sqrt().item()
 
 
-@pytest.mark.parametrize("name", ["performer", "linear"])
+@pytest.mark.parametrize("name", ATTENTIONS)
 def test_half_precision_stays_finite(name):
     rpe = build_rpe("poly", (6, 6), 2, 1, "l1", "fft")
     kernel = build_kernel(name, 16).train()

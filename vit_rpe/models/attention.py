@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from vit_rpe.utils.errors import ConfigError
 
@@ -25,7 +26,15 @@ try:  # fused on-the-fly bias for CUDA; CPU flex attention has no backward, so S
 except ImportError:  # pragma: no cover - older torch
     flex_attention = None
 
+try:  # the CPU flash kernel behind SDPA, which takes an additive mask (but gives it no gradient)
+    cpu_flash_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+    cpu_flash_attention = None
+
 EPS = 1e-6
+# Elements of the [b, H, Lq, Lk] probabilities LearnedBiasAttention's backward holds at once
+# (64 MiB in fp32): it recomputes them this many at a time, whole batch elements per chunk.
+BIAS_GRAD_CHUNK = 2**24
 _compiled_flex = None
 
 
@@ -41,8 +50,9 @@ class SoftmaxAttention(nn.Module):
 
     Without a mask: PyTorch's fused scaled_dot_product_attention. With one: on CUDA, flex
     attention with a score_mod that looks the bias up from the [H, 2Hg-1, 2Wg-1] offset table
-    (nothing L x L is stored); elsewhere SDPA with log M as an additive [H, L, L] float mask,
-    broadcast over the batch.
+    (nothing L x L is stored); on CPU, ``LearnedBiasAttention`` (the fused flash kernel with log M
+    as an additive [H, L, L] mask, broadcast over the batch); elsewhere, and with attention
+    dropout, SDPA with that mask.
     """
 
     def __init__(self, head_dim: int, attn_drop: float = 0.0, use_flex: bool = True):
@@ -58,6 +68,8 @@ class SoftmaxAttention(nn.Module):
         if q.is_cuda and flex_attention is not None and self.use_flex and drop == 0.0:
             return _flex(q, k, v, score_mod=rpe_score_mod(rpe))
         bias = rpe.log_mask().to(q.dtype)  # [H, L, L]
+        if q.device.type == "cpu" and cpu_flash_attention is not None and drop == 0.0:
+            return LearnedBiasAttention.apply(q, k, v, bias, self.scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
 
     def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
@@ -65,6 +77,48 @@ class SoftmaxAttention(nn.Module):
         if rpe is not None:
             scores = scores + rpe.log_mask().float()
         return scores.softmax(-1)
+
+
+class LearnedBiasAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) v on CPU, with the gradient of a learned bias [H, Lq, Lk].
+
+    SDPA falls back to its math path whenever the mask needs a gradient, and holds the
+    B x H x Lq x Lk probabilities for the backward. Here the forward is the fused flash kernel,
+    which keeps only the output and the log-sum-exp; the backward recomputes the probabilities
+    P = exp(s - lse) a few batch elements at a time (``BIAS_GRAD_CHUNK``) and forms
+    dS = P * (dO V^T - rowsum(dO * O)), which gives dq = dS k scale, dk = dS^T q scale,
+    dv = P^T dO and dbias = sum over the batch of dS. Half precision is recomputed in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        out, lse = cpu_flash_attention(q, k, v, attn_mask=bias[None], scale=scale)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        compute = torch.promote_types(q.dtype, torch.float32)
+        b, h, lq, _ = q.shape
+        rowdot = (grad_out.to(compute) * out.to(compute)).sum(-1, keepdim=True)  # [B, H, Lq, 1]
+        bias_c = bias.to(compute)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dbias = torch.zeros_like(bias_c)
+        step = max(1, BIAS_GRAD_CHUNK // (h * lq * k.shape[2]))
+        for start in range(0, b, step):
+            rows = slice(start, start + step)
+            qc, kc, vc, gc = (x[rows].to(compute) for x in (q, k, v, grad_out))
+            p = (qc @ kc.transpose(-2, -1)).mul_(ctx.scale).add_(bias_c)
+            p = p.sub_(lse[rows].to(compute)[..., None]).exp_()  # [b, H, Lq, Lk]
+            dv[rows] = p.transpose(-2, -1) @ gc
+            ds = p.mul_((gc @ vc.transpose(-2, -1)).sub_(rowdot[rows]))
+            dbias += ds.sum(0)
+            dq[rows] = (ds @ kc).mul_(ctx.scale)
+            dk[rows] = (ds.transpose(-2, -1) @ qc).mul_(ctx.scale)
+        return dq, dk, dv, dbias.to(bias.dtype), None
 
 
 def rpe_score_mod(rpe: nn.Module):
