@@ -108,7 +108,7 @@ def test_softmax_with_rpe_is_masked_softmax(family, distance, prefix):
 def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch):
     """The CPU path (flash forward, chunked backward) against autograd through the explicit
     softmax: the output and the gradients of q, k, v and every mask parameter."""
-    monkeypatch.setattr(attention, "BIAS_GRAD_CHUNK", 1)  # one batch element per chunk
+    monkeypatch.setattr(attention, "SCORES_CHUNK", 1)  # one batch element per chunk
     rpe = perturbed_rpe(family, "l1", prefix)
     kernel = build_kernel("softmax", 8).train()
     inputs = qkv(2, rpe.num_tokens, batch=3)
@@ -127,10 +127,14 @@ def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_softmax_rpe_never_holds_batch_by_heads_scores(monkeypatch):
-    """On CPU no tensor of B x H x L x L elements is made, forward or backward; SDPA's math
-    path, which a learned mask used to take, makes several."""
+@pytest.mark.parametrize("name", ["softmax", "performer", "linear"])
+def test_rpe_attention_never_holds_batch_by_heads_scores(name, monkeypatch):
+    """On CPU no tensor of B x H x L x L elements is made, forward or backward (softmax, and the
+    feature kernels with impl=quadratic); the straightforward paths they replace make several:
+    SDPA's math path for a learned mask, autograd through (M * fq fk^T) v1."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vit_rpe.models import rpe as rpe_module
 
     class LargestOutput(TorchDispatchMode):
         largest = 0
@@ -144,19 +148,23 @@ def test_softmax_rpe_never_holds_batch_by_heads_scores(monkeypatch):
 
     batch, heads = 4, 2
     rpe = perturbed_rpe("general", "l1", 1, heads=heads, dtype=torch.float32)
+    rpe.impl = "quadratic"
     tokens = rpe.num_tokens
-    monkeypatch.setattr(attention, "BIAS_GRAD_CHUNK", heads * tokens * tokens)
-    kernel = build_kernel("softmax", 8).train()
+    monkeypatch.setattr(attention, "SCORES_CHUNK", heads * tokens * tokens)
+    kernel = build_kernel(name, 8).train()
     sizes = {}
-    for path in ("flash", "sdpa"):
-        if path == "sdpa":
+    for path in ("chunked", "straightforward"):
+        if path == "straightforward":
             monkeypatch.setattr(attention, "cpu_flash_attention", None)
+            monkeypatch.setattr(
+                rpe_module.MaskedKernelMatrix, "apply", lambda fq, fk, v1, m: (m * (fq @ fk.mT)) @ v1
+            )
         q, k, v = (x.requires_grad_(True) for x in qkv(heads, tokens, dtype=torch.float32, batch=batch))
         with LargestOutput() as mode:
             kernel(q, k, v, rpe).sum().backward()
         sizes[path] = mode.largest
-    assert sizes["flash"] < 2 * heads * tokens * tokens  # one batch element's scores at a time
-    assert sizes["sdpa"] >= batch * heads * tokens * tokens
+    assert sizes["chunked"] < 2 * heads * tokens * tokens  # one batch element's scores at a time
+    assert sizes["straightforward"] >= batch * heads * tokens * tokens
 
 
 @pytest.mark.parametrize("name", ATTENTIONS)

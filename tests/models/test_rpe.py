@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vit_rpe.models import attention
 from vit_rpe.models.rpe import AUTO_FFT_MIN_TOKENS, AUTO_KRON_MIN_TOKENS, build_rpe, fft_size
 
 GRID = (7, 9)  # non-square on purpose
@@ -203,12 +204,14 @@ def test_tiled_kron_attend_equals_brute_force(grid, tile, prefix, dtype, tol):
 
 @pytest.mark.parametrize("impl", ["kron", "quadratic"])
 @pytest.mark.parametrize("prefix", [0, 1])
-def test_attend_gradients_equal_dense(prefix, impl):
-    """Gradients of fq, fk, v1 and of the mask parameters (the rate, the cls logit)."""
+def test_attend_gradients_equal_dense(prefix, impl, monkeypatch):
+    """Gradients of fq, fk, v1 and of the mask parameters (the rate, the cls logit); quadratic
+    one batch element at a time."""
+    monkeypatch.setattr(attention, "SCORES_CHUNK", 1)
     rpe = perturbed("exp", "l1", prefix, grid=(5, 7), heads=2, impl="kron")
     rpe.kron_tile = 2
     g = torch.Generator().manual_seed(1)
-    inputs = [torch.rand(1, 2, rpe.num_tokens, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    inputs = [torch.rand(3, 2, rpe.num_tokens, 3, generator=g, dtype=torch.float64) for _ in range(3)]
     grads = {}
     for name in (impl, "dense"):
         rpe.impl = name

@@ -32,10 +32,16 @@ except (AttributeError, RuntimeError):  # pragma: no cover - older torch
     cpu_flash_attention = None
 
 EPS = 1e-6
-# Elements of the [b, H, Lq, Lk] probabilities LearnedBiasAttention's backward holds at once
-# (64 MiB in fp32): it recomputes them this many at a time, whole batch elements per chunk.
-BIAS_GRAD_CHUNK = 2**24
+# Elements of [b, H, Lq, Lk] attention scores held at once (64 MiB in fp32) where they are
+# recomputed in chunks of whole batch elements: LearnedBiasAttention, MaskedKernelMatrix (rpe.py).
+SCORES_CHUNK = 2**24
 _compiled_flex = None
+
+
+def batch_chunks(batch: int, scores_per_item: int):
+    """Slices of the batch whose scores hold at most SCORES_CHUNK elements (one item at least)."""
+    step = max(1, SCORES_CHUNK // scores_per_item)
+    return [slice(start, start + step) for start in range(0, batch, step)]
 
 
 def _flex(*args, **kwargs):
@@ -85,7 +91,7 @@ class LearnedBiasAttention(torch.autograd.Function):
     SDPA falls back to its math path whenever the mask needs a gradient, and holds the
     B x H x Lq x Lk probabilities for the backward. Here the forward is the fused flash kernel,
     which keeps only the output and the log-sum-exp; the backward recomputes the probabilities
-    P = exp(s - lse) a few batch elements at a time (``BIAS_GRAD_CHUNK``) and forms
+    P = exp(s - lse) a few batch elements at a time (``SCORES_CHUNK``) and forms
     dS = P * (dO V^T - rowsum(dO * O)), which gives dq = dS k scale, dk = dS^T q scale,
     dv = P^T dO and dbias = sum over the batch of dS. Half precision is recomputed in fp32.
     """
@@ -107,9 +113,7 @@ class LearnedBiasAttention(torch.autograd.Function):
         bias_c = bias.to(compute)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dbias = torch.zeros_like(bias_c)
-        step = max(1, BIAS_GRAD_CHUNK // (h * lq * k.shape[2]))
-        for start in range(0, b, step):
-            rows = slice(start, start + step)
+        for rows in batch_chunks(b, h * lq * k.shape[2]):
             qc, kc, vc, gc = (x[rows].to(compute) for x in (q, k, v, grad_out))
             p = (qc @ kc.transpose(-2, -1)).mul_(ctx.scale).add_(bias_c)
             p = p.sub_(lse[rows].to(compute)[..., None]).exp_()  # [b, H, Lq, Lk]

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
+from vit_rpe.models.attention import batch_chunks
 from vit_rpe.utils.errors import ConfigError
 
 FAMILIES = ("none", "general", "exp", "poly")
@@ -219,7 +221,7 @@ class RelativePositionMask(nn.Module):
         e = v1.shape[-1]
         p = self.num_prefix_tokens
         if self.impl == "quadratic":  # (M * fq fk^T) v1: the same sums in the other order
-            return (self.mask().to(fq.dtype) * (fq @ fk.transpose(-2, -1))) @ v1
+            return MaskedKernelMatrix.apply(fq, fk, v1, self.mask().to(fq.dtype))
         if self.impl == "dense":
             z = (fk[..., :, None] * v1[..., None, :]).reshape(b, h, n, m * e)
             return torch.einsum("bhlm,bhlme->bhle", fq, self(z).reshape(b, h, n, m, e))
@@ -274,6 +276,42 @@ class RelativePositionMask(nn.Module):
     def _kron_attend(self, fq: torch.Tensor, fk: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         """``attend`` over the grid tokens alone for a separable mask: [B, H, N, e]."""
         raise NotImplementedError
+
+
+class MaskedKernelMatrix(torch.autograd.Function):
+    """(M * fq fk^T) v1 for impl=quadratic, never holding the [B, H, L, L] kernel matrix.
+
+    Autograd would keep fq fk^T and its masked copy for every batch element and head; this keeps
+    fq, fk, v1 and M, computes a few batch elements at a time (``SCORES_CHUNK``), and recomputes
+    fq fk^T in the backward. The mask's gradient is sum over the batch of (g v1^T) * fq fk^T.
+    """
+
+    @staticmethod
+    def forward(ctx, fq, fk, v1, mask):
+        b, h, n, _ = fq.shape
+        out = v1.new_empty(b, h, n, v1.shape[-1])
+        for rows in batch_chunks(b, h * n * fk.shape[2]):
+            out[rows] = (fq[rows] @ fk[rows].transpose(-2, -1)).mul_(mask) @ v1[rows]
+        ctx.save_for_backward(fq, fk, v1, mask)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        fq, fk, v1, mask = ctx.saved_tensors
+        b, h, n, _ = fq.shape
+        dfq, dfk, dv1 = torch.empty_like(fq), torch.empty_like(fk), torch.empty_like(v1)
+        dmask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
+        for rows in batch_chunks(b, h * n * fk.shape[2]):
+            kernel = fq[rows] @ fk[rows].transpose(-2, -1)  # [b, H, L, L]
+            d_masked = grad_out[rows] @ v1[rows].transpose(-2, -1)
+            if dmask is not None:
+                dmask += (d_masked * kernel).sum(0)
+            dv1[rows] = kernel.mul_(mask).transpose(-2, -1) @ grad_out[rows]
+            d_kernel = d_masked.mul_(mask)
+            dfq[rows] = d_kernel @ fk[rows]
+            dfk[rows] = d_kernel.transpose(-2, -1) @ fq[rows]
+        return dfq, dfk, dv1, dmask
 
 
 def exp_axis_blocks(rate: torch.Tensor, size: int, tiles: int) -> tuple[torch.Tensor, ...]:
