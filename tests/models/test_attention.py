@@ -347,15 +347,18 @@ def test_every_model_and_rpe_learns_digits(attention, rpe):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("prefix", [0, 1])
-def test_flex_score_mod_adds_log_mask(prefix):
-    """The CUDA path's score_mod, run by flex attention's eager CPU reference (forward only)."""
+def test_flex_score_mod_adds_log_mask(prefix, compiled):
+    """The CUDA path's score_mod, run by flex attention's eager CPU reference and compiled by
+    inductor for the CPU (forward only: CPU flex attention has no backward)."""
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
     from vit_rpe.models.attention import rpe_score_mod
 
     rpe = perturbed_rpe("general", "l1", prefix, dtype=torch.float32, grid=(3, 5))
     q, k, v = qkv(2, rpe.num_tokens, dtype=torch.float32)
+    run = torch.compile(flex.flex_attention, dynamic=False) if compiled else flex.flex_attention
     with torch.no_grad():
-        out = flex.flex_attention(q, k, v, score_mod=rpe_score_mod(rpe))
+        out = run(q, k, v, score_mod=rpe_score_mod(rpe))
         expected = F.scaled_dot_product_attention(q, k, v, attn_mask=rpe.log_mask())
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
