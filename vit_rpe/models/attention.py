@@ -129,7 +129,8 @@ def rpe_score_mod(rpe: nn.Module):
     """A flex-attention score_mod adding log M[h, q, kv] computed from the offset table.
 
     Its forward is tested against the additive mask with flex attention's eager CPU reference
-    (a slow test); the compiled CUDA path and its backward are untested (no GPU here).
+    and compiled by inductor for the CPU (slow tests); the CUDA kernels and the backward are
+    untested (no GPU here).
     """
     table = rpe.log_mask_offsets()  # [H, 2Hg-1, 2Wg-1]
     p = rpe.num_prefix_tokens
