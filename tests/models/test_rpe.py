@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_rpe.models import attention
+from vit_rpe.models import attention as attention_module
 from vit_rpe.models.rpe import AUTO_FFT_MIN_TOKENS, AUTO_KRON_MIN_TOKENS, build_rpe, fft_size
 
 GRID = (7, 9)  # non-square on purpose
@@ -207,7 +207,7 @@ def test_tiled_kron_attend_equals_brute_force(grid, tile, prefix, dtype, tol):
 def test_attend_gradients_equal_dense(prefix, impl, monkeypatch):
     """Gradients of fq, fk, v1 and of the mask parameters (the rate, the cls logit); quadratic
     one batch element at a time."""
-    monkeypatch.setattr(attention, "SCORES_CHUNK", 1)
+    monkeypatch.setattr(attention_module, "SCORES_CHUNK", 1)
     rpe = perturbed("exp", "l1", prefix, grid=(5, 7), heads=2, impl="kron")
     rpe.kron_tile = 2
     g = torch.Generator().manual_seed(1)

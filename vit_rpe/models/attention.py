@@ -112,17 +112,18 @@ class LearnedBiasAttention(torch.autograd.Function):
         rowdot = (grad_out.to(compute) * out.to(compute)).sum(-1, keepdim=True)  # [B, H, Lq, 1]
         bias_c = bias.to(compute)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dbias = torch.zeros_like(bias_c)
+        dbias = torch.zeros_like(bias_c) if ctx.needs_input_grad[3] else None
         for rows in batch_chunks(b, h * lq * k.shape[2]):
             qc, kc, vc, gc = (x[rows].to(compute) for x in (q, k, v, grad_out))
             p = (qc @ kc.transpose(-2, -1)).mul_(ctx.scale).add_(bias_c)
             p = p.sub_(lse[rows].to(compute)[..., None]).exp_()  # [b, H, Lq, Lk]
             dv[rows] = p.transpose(-2, -1) @ gc
             ds = p.mul_((gc @ vc.transpose(-2, -1)).sub_(rowdot[rows]))
-            dbias += ds.sum(0)
+            if dbias is not None:
+                dbias += ds.sum(0)
             dq[rows] = (ds @ kc).mul_(ctx.scale)
             dk[rows] = (ds.transpose(-2, -1) @ qc).mul_(ctx.scale)
-        return dq, dk, dv, dbias.to(bias.dtype), None
+        return dq, dk, dv, None if dbias is None else dbias.to(bias.dtype), None
 
 
 def rpe_score_mod(rpe: nn.Module):
