@@ -103,7 +103,7 @@ def test_load_net_weights_rejects_other_shapes_and_code(net_and_weights, tmp_pat
     cfg, _net, state = net_and_weights
     path = tmp_path / "other.pt"
     torch.save({k: v[..., :1] if v.ndim else v for k, v in state.items()}, path)
-    with pytest.raises(CheckpointError, match="do not fit this backbone"):
+    with pytest.raises(CheckpointError, match="do not fit this model"):
         load_net_weights(instantiate(cfg.model.net), path)
     code = tmp_path / "code.pt"
     torch.save({"weights": state, "hook": Poison(0, 0)}, code)

@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_rpe.tasks.finetune import FineTuning
+from vit_rpe.utils.checkpoint import plain_names, renamed_for
 
 
 def as_factory(spec: Callable | Mapping | None) -> Callable | None:
@@ -92,8 +93,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints store the plain backbone's names, compiled (model.compile=true) or not.
-        state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+        checkpoint["state_dict"] = plain_names(checkpoint["state_dict"])
         checkpoint["metric_states"] = self.carried_states()
 
     def carried_metrics(self) -> dict[str, Metric]:
@@ -132,13 +132,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._carried_states = checkpoint.get("metric_states")
-        state = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
-        if isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):  # resuming a compiled run
-            state = {
-                (k.replace("net.", "net._orig_mod.", 1) if k.startswith("net.") else k): v
-                for k, v in state.items()
-            }
-        checkpoint["state_dict"] = state
+        checkpoint["state_dict"] = renamed_for(self, checkpoint["state_dict"])  # e.g. resuming a compiled run
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -92,16 +92,56 @@ def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -
     return "; ".join(parts)
 
 
+# torch.compile wraps a module in one that holds it as ``_orig_mod``, so every name under a compiled
+# module gets this prefix. Checkpoints store the plain names; these helpers are the one place
+# that adds or removes it.
+COMPILED_PREFIX = "_orig_mod."
+
+
+def plain_names(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict with torch.compile's prefix removed from every name: how checkpoints store it."""
+    return {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()}
+
+
+def renamed_for(module: nn.Module, state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict (plain or compiled names) under ``module``'s own names, compiled parts or not."""
+    own = {k.replace(COMPILED_PREFIX, ""): k for k in module.state_dict()}
+    return {own.get(k, k): v for k, v in plain_names(state).items()}
+
+
+def uncompiled(module: nn.Module) -> nn.Module:
+    """The module torch.compile wrapped; the module itself when it is not compiled."""
+    return getattr(module, "_orig_mod", module)
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with torch.compile's ``_orig_mod.`` removed, as checkpoints store it."""
-    return {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}
+    """The model's state dict under plain names, as checkpoints store it."""
+    return plain_names(model.state_dict())
+
+
+def load_weights(
+    module: nn.Module, state: Mapping[str, Any], strict: bool = True, source: str | Path = "the checkpoint"
+) -> nn.Module:
+    """Load ``state`` into ``module``, either of them compiled or not; a clear error when it does not fit.
+
+    With ``strict=False`` missing and unexpected names are allowed, other shapes are not.
+    """
+    expected = model_state(module)
+    state = plain_names(state)
+    mismatch = state_dict_mismatch(expected, state)
+    reshaped = any(
+        isinstance(v, torch.Tensor) and k in state and tuple(state[k].shape) != tuple(v.shape)
+        for k, v in expected.items()
+    )
+    if mismatch and (strict or reshaped):
+        raise CheckpointError(f"weights in {source} do not fit this model: {mismatch}")
+    module.load_state_dict(renamed_for(module, state), strict=strict)
+    return module
 
 
 def check_fits(model: nn.Module, ckpt: Mapping[str, Any], path: str | Path) -> None:
     """The checkpoint's weights have the model's parameter names and shapes."""
-    state = ckpt.get("state_dict", ckpt)
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    mismatch = state_dict_mismatch(model_state(model), state)
+    mismatch = state_dict_mismatch(model_state(model), plain_names(ckpt.get("state_dict", ckpt)))
     if mismatch:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model: {mismatch}. It was saved from another model "
@@ -115,22 +155,13 @@ def load_net_weights(net: nn.Module, path: str | Path, strict: bool = True) -> n
     state = ckpt["state_dict"] if is_task_checkpoint(ckpt) else ckpt
     if not all(isinstance(v, torch.Tensor) or k.endswith("_extra_state") for k, v in state.items()):
         raise CheckpointError(f"{path} is not a state dict of tensors")
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    state = plain_names(state)
     if state and all(k.startswith("net.") for k in state):
         state = {k[len("net.") :]: v for k, v in state.items()}
-    expected = model_state(net)
     # Extra states (the Performer's redraw schedule) only matter to continue training, and formats
     # such as safetensors cannot hold them: a file without them keeps the backbone's own.
-    state |= {k: v for k, v in expected.items() if k.endswith("_extra_state") and k not in state}
-    mismatch = state_dict_mismatch(expected, state)
-    reshaped = any(
-        isinstance(v, torch.Tensor) and k in state and state[k].shape != v.shape for k, v in expected.items()
-    )
-    if mismatch and (strict or reshaped):
-        raise CheckpointError(f"weights in {path} do not fit this backbone: {mismatch}")
-    target = net._orig_mod if hasattr(net, "_orig_mod") else net
-    target.load_state_dict(state, strict=strict)
-    return net
+    state |= {k: v for k, v in model_state(net).items() if k.endswith("_extra_state") and k not in state}
+    return load_weights(net, state, strict=strict, source=path)
 
 
 # ----------------------------------------------------------------------------------------------
