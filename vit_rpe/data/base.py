@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -149,6 +150,36 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def class_names(self) -> list[str]:
         return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """What the device transform produces: the input size and normalisation a model sees."""
+        return {
+            "image_size": self.transform.image_size,
+            "mean": self.transform.mean.flatten().tolist(),
+            "std": self.transform.std.flatten().tolist(),
+        }
+
+    def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
+        """Resize and normalise as a backbone expects: a pretrained one states its checkpoint's
+        input size and mean/std (``data_config``; a key absent or None keeps this datamodule's).
+
+        The model hands its needs over as plain values, so the datamodule never knows the model.
+        """
+        config = config or {}
+        size = config.get("image_size")
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            if self.transform.image_size != size:
+                log.info("images resized on the device to %s, the backbone's input size", size)
+            self.transform.image_size = size
+            self.image_size = size[0] if size[0] == size[1] else size
+        if config.get("mean") is not None:
+            log.info(
+                "normalisation of the pretrained checkpoint: mean %s std %s", config["mean"], config["std"]
+            )
+            self.transform.mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+            self.transform.std = torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1)
 
     def load_splits(self) -> dict[str, Split]:
         """Read the dataset: {'train', 'val', 'test'} -> (uint8 images, int64 labels)."""
