@@ -181,6 +181,14 @@ CLI_ROWS = {
     "cli-typo-in-key": (["trainer.max_epoch=3"], "Could not override 'trainer.max_epoch'"),
     "cli-unknown-option": (["model=vitt"], "Could not find 'model/vitt'"),
     "cli-user-error": (["data.batch_size=0"], "error: data.batch_size must be at least 1"),
+    "cli-pretrained-with-rpe": (
+        ["experiment=quickstart", "model=timm_vit", "rpe=exp"],
+        "error: rpe=exp works with the from-scratch ViT only",
+    ),
+    "cli-pretrained-with-scratch-keys": (
+        ["experiment=quickstart", "model=hf_vit"],
+        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.patch_size",
+    ),
 }
 
 
@@ -208,4 +216,6 @@ def test_cli_rejects(name, cli_results):
     status, _stdout, stderr = cli_results[name]
     assert status == 1
     assert CLI_ROWS[name][1] in stderr
-    assert "Traceback" not in stderr
+    if CLI_ROWS[name][1].startswith("error: "):  # ours: the message is the last line
+        assert stderr.strip().splitlines()[-1].startswith(CLI_ROWS[name][1])
+    assert "Traceback" not in stderr and "InstantiationException" not in stderr

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import timm
+import torch
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import FAST, ROOT, compose_config
+from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
 
@@ -59,3 +64,45 @@ def test_eval_cli_writes_metrics_in_its_run_dir(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     written = json.loads((Path(tmp_path) / "cli_eval" / "metrics.json").read_text())
     assert 0.0 <= written["test/acc"] <= 1.0 and "test/loss" in written
+
+
+def pretrained_source(model: str, folder: Path) -> list[str]:
+    """A tiny pretrained checkpoint in the library's own format, and the overrides that fine-tune it
+    at 16x16 with the checkpoint's normalisation (digits are 8x8, with their own mean and std)."""
+    if model == "hf_vit":
+        save_tiny_hf_vit(folder, image_size=16)
+        return [f"model.net.name_or_path={folder}"]
+    torch.manual_seed(0)
+    weights = folder / "vit_tiny.safetensors"
+    folder.mkdir()
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_TIMM)
+    safetensors.torch.save_file(source.state_dict(), weights)
+    sizes = [f"+model.net.model_kwargs.{key}={value}" for key, value in TINY_TIMM.items()]
+    return [
+        "model.net.name=vit_tiny_patch16_224",
+        f"model.net.checkpoint_path={weights}",
+        "model.net.img_size=16",
+        "model.net.patch_size=4",
+        *sizes,
+    ]
+
+
+@pytest.mark.parametrize("model", ["timm_vit", "hf_vit"])
+def test_eval_of_a_fine_tuned_pretrained_run_needs_only_its_checkpoint(model, tmp_path, monkeypatch):
+    """The backbone is rebuilt without its source (gone, and no hub), and the test images are
+    resized and normalised as in training, so eval scores the checkpoint as its run did."""
+    source = tmp_path / "source"
+    trainer = [o for o in FAST if not o.startswith("model.")]
+    metrics = train(
+        compose_config(
+            "train", [*trainer, f"model={model}", *pretrained_source(model, source)], tmp_path / "run"
+        )
+    )
+    shutil.rmtree(source)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    overrides = ["trainer=cpu", f"ckpt_path={metrics['best_ckpt']}", "trainer.limit_test_batches=2"]
+    result = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
+    assert result["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+

@@ -14,13 +14,19 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vit_rpe.data import fill_data_metadata
-from vit_rpe.tasks.finetune import apply_data_config, export_pretrained, fill_class_names
-from vit_rpe.utils.checkpoint import check_fits, continue_csv_logs, read_task_checkpoint, resume_config
+from vit_rpe.build import build_run
+from vit_rpe.data import ImageDataModule
+from vit_rpe.utils.checkpoint import (
+    check_fits,
+    continue_csv_logs,
+    load_weights,
+    read_task_checkpoint,
+    resume_config,
+    uncompiled,
+)
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
     CONF_DIR,
@@ -56,22 +62,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
     cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
-    # Data first: a datamodule may count its classes on disk; the model config interpolates them.
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    fill_data_metadata(cfg, datamodule)
-    fill_class_names(cfg.model.net, datamodule)  # pretrained heads: label maps from the data
-    OmegaConf.resolve(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
+    datamodule, model = build_run(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    L.seed_everything(cfg.seed, workers=True)
 
-    log.info("data: %s", cfg.data._target_)
-    log.info("model: %s", cfg.model.net._target_)
-    model: L.LightningModule = instantiate(cfg.model)
-    apply_data_config(datamodule, model.net)  # pretrained backbones: their input size and normalisation
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -99,8 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
 
     exported = None
-    if cfg.get("train", True) and trainer.is_global_zero:  # pretrained backbones: save_pretrained format
-        exported = export_pretrained(model, datamodule, output_dir / "hf_model", best_checkpoint(trainer))
+    if cfg.get("train", True) and trainer.is_global_zero:
+        exported = export_backbone(model, datamodule, output_dir / "hf_model", best_checkpoint(trainer))
 
     metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir, run_stats)}
     metrics["export_dir"] = str(exported) if exported else None
@@ -110,6 +107,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_metrics(metrics, title=f"results: {output_dir}")
         log.info("run directory: %s", output_dir)
     return metrics
+
+
+def export_backbone(
+    model: L.LightningModule, datamodule: ImageDataModule, folder: Path, best_ckpt: str | None
+) -> Path | None:
+    """A pretrained backbone exports itself (``save_pretrained``, its library's format) with the
+    best checkpoint's weights and the preprocessing training used; None for other backbones."""
+    net = uncompiled(model.net)
+    if not hasattr(net, "save_pretrained"):
+        return None
+    if best_ckpt:
+        load_weights(model, read_task_checkpoint(best_ckpt)["state_dict"], source=best_ckpt)
+    net.save_pretrained(folder, **datamodule.data_config)
+    log.info("fine-tuned model exported to %s", folder)
+    return folder
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

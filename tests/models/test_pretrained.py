@@ -112,13 +112,6 @@ def test_hf_vit_missing_folder_and_unreachable_hub_are_clear_errors(monkeypatch,
         HFViT("google/vit-base-patch16-224-in21k", num_classes=3)
 
 
-def test_adapters_refuse_relative_position_encodings(hf_folder):
-    with pytest.raises(ConfigError, match="rpe=exp works with the from-scratch ViT only"):
-        HFViT(str(hf_folder), num_classes=3, rpe="exp")
-    with pytest.raises(ConfigError, match="model=timm_vit"):
-        TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=False, rpe="general")
-
-
 # --- timm -------------------------------------------------------------------------------------
 
 
@@ -220,3 +213,38 @@ def test_timm_misuse_gives_clear_errors(tmp_path, timm_file, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
     with pytest.raises(UserError, match=r"HF_HUB_OFFLINE=1.*checkpoint_path"):
         TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=True, model_kwargs=TINY_TIMM)
+
+
+def test_timm_takes_architecture_arguments_from_scratch():
+    net = TimmBackbone(
+        "vit_small_patch16_224",
+        num_classes=3,
+        pretrained=False,
+        img_size=8,
+        in_chans=1,
+        patch_size=2,
+        embed_dim=24,
+        depth=2,
+        num_heads=3,
+        mlp_ratio=2.0,
+        qkv_bias=False,
+    )
+    model = net.model
+    assert model.embed_dim == 24 and len(model.blocks) == 2 and model.blocks[0].attn.num_heads == 3
+    assert model.blocks[0].mlp.fc1.out_features == 48 and model.blocks[0].attn.qkv.bias is None
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_timm_pretrained_weights_of_another_size_are_refused_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))  # a download would fail differently
+    with pytest.raises(ConfigError) as raised:
+        TimmBackbone(
+            "vit_small_patch16_224", num_classes=3, pretrained=True, embed_dim=96, depth=4, num_heads=4
+        )
+    message = str(raised.value)
+    assert "model.net.embed_dim=96, model.net.depth=4, model.net.num_heads=4" in message
+    assert "model.net.pretrained=false" in message and "HF_HUB_OFFLINE" not in message
+    # the pretrained size itself is no conflict: this one gets as far as the (offline) download
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1 is set"):
+        TimmBackbone("vit_small_patch16_224", num_classes=3, pretrained=True, embed_dim=384, num_heads=6)

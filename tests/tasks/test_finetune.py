@@ -1,9 +1,12 @@
-"""Fine-tuning: layer-wise lr decay, frozen backbones, the data hand-off, and whole runs through
+"""Fine-tuning: layer-wise lr decay, frozen backbones, and whole runs through
 ``train(cfg)`` with pretrained backbones that export and reload to identical logits."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -16,7 +19,7 @@ from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.data import DigitsDataModule
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
 from vit_rpe.tasks import ImageClassifier
-from vit_rpe.tasks.finetune import FineTuning, apply_data_config, layer_decay_groups
+from vit_rpe.tasks.finetune import FineTuning, layer_decay_groups
 from vit_rpe.train import train
 from vit_rpe.utils.errors import ConfigError, UserError
 from vit_rpe.utils.run import user_error_of
@@ -113,7 +116,7 @@ def fit_tiny(hf_folder, tmp_path, finetune: dict, epochs: int = 2):
         net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-2}, finetune=finetune
     )
     data = DigitsDataModule(batch_size=32)
-    apply_data_config(data, net)
+    data.apply_data_config(net.data_config)
     probe = GradientProbe()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     trainer = L.Trainer(
@@ -146,15 +149,6 @@ def test_linear_probe_trains_the_head_only(hf_folder, tmp_path):
     probe, changed, _ = fit_tiny(hf_folder, tmp_path, {"mode": "linear_probe", "layer_decay": 0.75})
     assert probe.backbone_grad == {0: False, 1: False} and probe.head_grad == {0: True, 1: True}
     assert changed == {"model.classifier.weight", "model.classifier.bias"}
-
-
-def test_apply_data_config_sets_the_device_transform(hf_folder):
-    data = DigitsDataModule(batch_size=8)
-    apply_data_config(data, HFViT(str(hf_folder), num_classes=10, in_chans=1))
-    assert data.transform.image_size == (16, 16) and data.image_size == 16
-    images = torch.full((2, 1, 8, 8), 255, dtype=torch.uint8)
-    out = data.transform(images)
-    torch.testing.assert_close(out, torch.full((2, 1, 16, 16), (1 - 0.4) / 0.25))  # the processor's mean/std
 
 
 # --- whole runs -------------------------------------------------------------------------------
@@ -248,3 +242,30 @@ def test_experiments_compose(train_config):
         cfg = train_config(f"experiment={name}", fast=False)
         assert cfg.model.net._target_.endswith(target), name
         assert cfg.rpe.family == "none"
+
+
+def test_a_compiled_pretrained_run_exports_and_writes_its_metrics(train_config, monkeypatch):
+    """model.compile=true wraps the backbone (its names get torch.compile's ``_orig_mod.``); the
+    export after fit and test still loads the best weights and metrics.json is written. The eager
+    backend gives the same wrapper without inductor's minutes of compiling on the CPU."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = train_config(
+        *TRAINER_FAST,
+        "model=timm_vit",
+        "model.net.name=vit_tiny_patch16_224",
+        "model.net.pretrained=false",
+        "model.net.img_size=8",
+        "model.net.patch_size=4",
+        *(f"+model.net.model_kwargs.{k}={v}" for k, v in TINY_TIMM.items()),
+        "model.compile=true",
+        fast=False,
+    )
+    metrics = train(cfg)
+    written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert written["export_dir"] == metrics["export_dir"] and "test/acc" in written
+    plain = timm.create_model(f"local-dir:{metrics['export_dir']}", pretrained=True).eval()
+    best = ImageClassifier.load_from_checkpoint(metrics["best_ckpt"], map_location="cpu").eval()
+    best.compile_net = False
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), best(images), rtol=0, atol=0)

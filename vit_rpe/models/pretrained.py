@@ -3,21 +3,26 @@
 An adapter maps normalised images [B, C, H, W] to logits [B, num_classes], like VisionTransformer,
 and adds what fine-tuning needs, all plain attributes and methods:
 
-- ``data_config``: the input size and normalisation the checkpoint expects. train.py hands it to
-  the datamodule's device transform, so the datamodule never needs to know about the model.
+- ``data_config``: the input size and normalisation the checkpoint expects. A run hands it to the
+  datamodule's device transform (vit_rpe/build.py), so the datamodule never needs to know the model.
 - ``layer_id(name)`` / ``num_layers``: the depth of each parameter (0 = embeddings, the last
   = head), for layer-wise learning-rate decay.
 - ``get_classifier()``: the head, which stays trainable while the backbone is frozen.
 - ``no_weight_decay()`` and ``save_pretrained(folder, ...)``, which writes the library's own
   format, so a plain ``from_pretrained`` (or ``timm.create_model("local-dir:...")``) loads it back.
+- ``resolved_source()``: the architecture and preprocessing as the hub or folder gave them. The
+  task stores it with the backbone's config in every checkpoint; given back as the
+  ``resolved_source`` argument, it rebuilds the model with no download and no file, and the
+  checkpoint's weights are loaded into it (eval, ``ImageClassifier.load_from_checkpoint``).
 
 Relative position encodings and the other attention options belong to the from-scratch
-backbone: the adapters refuse them.
+backbone: the adapters take no such arguments (the run's config check names them).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -28,20 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit_rpe.utils.checkpoint import state_dict_mismatch
 from vit_rpe.utils.errors import CheckpointError, ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 HF_DEFAULT = "google/vit-base-patch16-224-in21k"
-
-
-def check_no_rpe(rpe: str | None, model: str) -> None:
-    if rpe not in (None, "none"):
-        raise ConfigError(
-            f"rpe={rpe} works with the from-scratch ViT only: model={model} is a pretrained network "
-            "whose attention cannot take a relative position mask. Drop the rpe override (rpe=none) "
-            "or use model=vit"
-        )
 
 
 def channel_stats(values: Sequence[float], in_chans: int) -> list[float]:
@@ -81,6 +78,73 @@ def hub_errors(what: str, name: str, fix: str) -> Iterator[None]:
         ) from err
 
 
+def create_timm_model(
+    name: str, pretrained: bool, checkpoint_path: str | None, adapted: dict[str, Any], size: dict[str, Any]
+) -> nn.Module:
+    """``timm.create_model``, its failures turned into errors that say what to change.
+
+    ``adapted`` are the arguments timm adapts pretrained weights to, ``size`` those that change
+    the architecture itself (embed_dim, depth, ...).
+    """
+    import timm
+
+    if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name.split(".")[0]):
+        similar = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ConfigError(
+            f"model.net.name={name!r} is not a timm model; similar names: {', '.join(similar) or 'none'} "
+            "(timm.list_models() lists them all; local-dir:<folder> loads an exported folder)"
+        )
+    overlay = None
+    if checkpoint_path:
+        path = Path(checkpoint_path).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"model.net.checkpoint_path={checkpoint_path} does not exist: give a .safetensors, "
+                ".pth or .bin state dict of the timm model, or null to download timm's weights"
+            )
+        overlay, pretrained = {"file": str(path)}, True
+    fix = (
+        "put the weights in a local file and set model.net.checkpoint_path, load a folder exported "
+        "by a run (model.net.name=local-dir:<run>/hf_model), download once where the hub is "
+        "reachable, or train from scratch with model.net.pretrained=false"
+    )
+    try:
+        with hub_errors("the timm weights of", name, fix):
+            if pretrained and size and not checkpoint_path:  # a local file may hold any size
+                check_pretrained_size(name, adapted, size)
+            return timm.create_model(
+                name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **adapted, **size
+            )
+    except TypeError as err:
+        raise ConfigError(f"timm model {name} does not take these arguments: {err}") from err
+    except UserError:
+        raise
+    except Exception as err:
+        if not checkpoint_path:
+            raise
+        raise CheckpointError(
+            f"model.net.checkpoint_path={checkpoint_path} is not a state dict of timm model {name}: {err}"
+        ) from err
+
+
+def check_pretrained_size(name: str, adapted: dict[str, Any], size: dict[str, Any]) -> None:
+    """Pretrained weights load into their own architecture only: another size is refused before
+    anything is downloaded (both models are built on the meta device: shapes, no memory)."""
+    import timm
+
+    with torch.device("meta"):
+        pretrained_size = timm.create_model(name, pretrained=False, **adapted)
+        asked = timm.create_model(name, pretrained=False, **adapted, **size)
+    mismatch = state_dict_mismatch(pretrained_size.state_dict(), asked.state_dict())
+    if mismatch:
+        keys = ", ".join(f"model.net.{key}={value}" for key, value in size.items())
+        raise ConfigError(
+            f"{keys} make timm model {name} another size than its pretrained weights ({mismatch}), so "
+            "they cannot load: train this size from scratch with model.net.pretrained=false (and "
+            f"model.net.img_size for the input size), or remove these keys to fine-tune the pretrained {name}"
+        )
+
+
 class TimmBackbone(nn.Module):
     """Any timm model, adapted to the dataset's image size, channel count and classes.
 
@@ -91,6 +155,12 @@ class TimmBackbone(nn.Module):
     asked for: position embeddings are interpolated to ``img_size``, patch-embedding kernels are
     resampled to ``patch_size`` and summed/repeated to ``in_chans``, and a new head is made when
     ``num_classes`` differs. None keeps the model's default.
+
+    ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio`` and ``qkv_bias`` (timm's names, which
+    the from-scratch ViT shares) build another size of the architecture: from scratch, since
+    pretrained weights fit their own size only (refused before any download). ``model_kwargs``
+    passes any other ``timm.create_model`` argument. ``resolved_source`` rebuilds a fine-tuned
+    model from its checkpoint alone (see ``resolved_source()``).
     """
 
     def __init__(
@@ -102,65 +172,50 @@ class TimmBackbone(nn.Module):
         img_size: int | None = None,
         in_chans: int = 3,
         patch_size: int | None = None,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float | None = None,
+        qkv_bias: bool | None = None,
         drop_rate: float | None = None,
+        attn_drop_rate: float | None = None,
         drop_path_rate: float | None = None,
         class_names: Sequence[str] | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        rpe: str | None = "none",
+        resolved_source: dict[str, Any] | None = None,
     ):
         super().__init__()
         import timm
 
-        check_no_rpe(rpe, "timm_vit")
-        from_folder_or_hub = name.startswith(("hf-hub:", "local-dir:"))
-        if not from_folder_or_hub and not timm.is_model(name.split(".")[0]):
-            similar = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-            raise ConfigError(
-                f"model.net.name={name!r} is not a timm model; similar names: {', '.join(similar) or 'none'} "
-                "(timm.list_models() lists them all; local-dir:<folder> loads an exported folder)"
-            )
-        overlay = None
-        if checkpoint_path:
-            path = Path(checkpoint_path).expanduser()
-            if not path.is_file():
-                raise CheckpointError(
-                    f"model.net.checkpoint_path={checkpoint_path} does not exist: give a .safetensors, "
-                    ".pth or .bin state dict of the timm model, or null to download timm's weights"
-                )
-            overlay, pretrained = {"file": str(path)}, True
-        kwargs = dict(
+        # What timm adapts pretrained weights to, and the architecture the weights must have.
+        adapted = dict(
             num_classes=num_classes,
             in_chans=in_chans,
             img_size=img_size,
             patch_size=patch_size,
             drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
             **(model_kwargs or {}),
         )
-        fix = (
-            "put the weights in a local file and set model.net.checkpoint_path, load a folder exported "
-            "by a run (model.net.name=local-dir:<run>/hf_model), download once where the hub is "
-            "reachable, or train from scratch with model.net.pretrained=false"
+        size = dict(
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias
         )
-        try:
-            with hub_errors("the timm weights of", name, fix):
-                self.model = timm.create_model(
-                    name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs
-                )
-        except TypeError as err:
-            raise ConfigError(f"timm model {name} does not take these arguments: {err}") from err
-        except UserError:
-            raise
-        except Exception as err:
-            if not checkpoint_path:
-                raise
-            raise CheckpointError(
-                f"model.net.checkpoint_path={checkpoint_path} is not a state dict of timm model {name}: {err}"
-            ) from err
+        size = {key: value for key, value in size.items() if value is not None}
+        if resolved_source:  # a fine-tuned checkpoint's: the same model, its weights loaded next
+            given = {k: v for k, v in {**adapted, **size}.items() if v is not None}
+            self.model = timm.create_model(
+                resolved_source["name"],
+                pretrained=False,
+                pretrained_cfg=resolved_source["pretrained_cfg"],
+                **{**resolved_source["model_args"], **given},
+            )
+        else:
+            self.model = create_timm_model(name, pretrained, checkpoint_path, adapted, size)
         self.name = name
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.pretrained = bool(pretrained)
+        self.pretrained = bool(pretrained or checkpoint_path)  # then the checkpoint's preprocessing applies
         self.class_names = list(class_names) if class_names else None
         self._layer_ids: dict[str, int] | None = None
 
@@ -183,6 +238,16 @@ class TimmBackbone(nn.Module):
             config["mean"] = channel_stats(cfg.get("mean", (0.485, 0.456, 0.406)), self.in_chans)
             config["std"] = channel_stats(cfg.get("std", (0.229, 0.224, 0.225)), self.in_chans)
         return config
+
+    def resolved_source(self) -> dict[str, Any]:
+        """What rebuilds this model with no download and no file: the timm architecture, the
+        arguments it was built with (timm records them, those of a folder's config.json too) and
+        its pretrained config (input size, mean and std)."""
+        return {
+            "name": self.model.pretrained_cfg.get("architecture") or self.name.split(".")[0],
+            "pretrained_cfg": dict(self.model.pretrained_cfg),
+            "model_args": dict(getattr(self.model, "_model_args", {})),
+        }
 
     def get_classifier(self) -> nn.Module:
         return self.model.get_classifier()
@@ -232,6 +297,48 @@ class TimmBackbone(nn.Module):
         )
 
 
+def load_hf_vit(
+    name_or_path: str, names: list[str], revision: str | None, cache_dir: str | None, dropout: float | None
+) -> tuple[nn.Module, Any]:
+    """The ViT and its image processor from the hub or a folder, with a head for ``names``."""
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().is_dir():
+        raise CheckpointError(
+            f"model.net.name_or_path={name_or_path} is not a folder: give a folder written by "
+            "save_pretrained (config.json, model.safetensors, preprocessor_config.json) or a hub id "
+            f"such as {HF_DEFAULT}"
+        )
+    overrides: dict[str, Any] = {}
+    if dropout is not None:
+        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    fix = (
+        "download it once where the hub is reachable (huggingface-cli download <id>), or set "
+        "model.net.name_or_path to a local folder written by save_pretrained (a run's hf_model/ folder)"
+    )
+    source = dict(revision=revision, cache_dir=cache_dir)
+    with hub_errors("the HuggingFace model", name_or_path, fix):
+        model = ViTForImageClassification.from_pretrained(
+            name_or_path,
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            ignore_mismatched_sizes=True,
+            **source,
+            **overrides,
+        )
+    with hub_errors("the image processor of", name_or_path, fix):
+        try:
+            processor = AutoImageProcessor.from_pretrained(name_or_path, **source)
+        except OSError:
+            if not Path(name_or_path).expanduser().is_dir():
+                raise
+            from transformers import ViTImageProcessor
+
+            log.warning("%s has no preprocessor_config.json: ViTImageProcessor defaults", name_or_path)
+            processor = ViTImageProcessor()
+    return model, processor
+
+
 class HFViT(nn.Module):
     """A HuggingFace ``ViTForImageClassification`` with a new head for the dataset's classes.
 
@@ -240,6 +347,7 @@ class HFViT(nn.Module):
     label maps built from ``class_names``. The checkpoint's image processor gives the input size
     and normalisation (``data_config``); ``image_size`` asks for another size, reached by
     interpolating the position embeddings. Single-channel images are repeated to RGB.
+    ``resolved_source`` rebuilds a fine-tuned model from its checkpoint alone (``resolved_source()``).
     """
 
     def __init__(
@@ -252,48 +360,21 @@ class HFViT(nn.Module):
         revision: str | None = None,
         cache_dir: str | None = None,
         dropout: float | None = None,
-        rpe: str | None = "none",
+        resolved_source: dict[str, Any] | None = None,
     ):
         super().__init__()
-        from transformers import AutoImageProcessor, ViTForImageClassification
+        import transformers
+        from transformers import ViTConfig, ViTForImageClassification
 
-        check_no_rpe(rpe, "hf_vit")
-        if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().is_dir():
-            raise CheckpointError(
-                f"model.net.name_or_path={name_or_path} is not a folder: give a folder written by "
-                "save_pretrained (config.json, model.safetensors, preprocessor_config.json) or a hub id "
-                f"such as {HF_DEFAULT}"
-            )
         names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(names) != num_classes:
             raise ConfigError(f"{len(names)} class names for num_classes={num_classes}: they must agree")
-        overrides: dict[str, Any] = {}
-        if dropout is not None:
-            overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-        fix = (
-            "download it once where the hub is reachable (huggingface-cli download <id>), or set "
-            "model.net.name_or_path to a local folder written by save_pretrained (a run's hf_model/ folder)"
-        )
-        source = dict(revision=revision, cache_dir=cache_dir)
-        with hub_errors("the HuggingFace model", name_or_path, fix):
-            self.model = ViTForImageClassification.from_pretrained(
-                name_or_path,
-                id2label=dict(enumerate(names)),
-                label2id={name: i for i, name in enumerate(names)},
-                ignore_mismatched_sizes=True,
-                **source,
-                **overrides,
-            )
-        with hub_errors("the image processor of", name_or_path, fix):
-            try:
-                self.processor = AutoImageProcessor.from_pretrained(name_or_path, **source)
-            except OSError:
-                if not Path(name_or_path).expanduser().is_dir():
-                    raise
-                from transformers import ViTImageProcessor
-
-                log.warning("%s has no preprocessor_config.json: ViTImageProcessor defaults", name_or_path)
-                self.processor = ViTImageProcessor()
+        if resolved_source:  # a fine-tuned checkpoint's: the same model, its weights loaded next
+            self.model = ViTForImageClassification(ViTConfig.from_dict(resolved_source["config"]))
+            processor = resolved_source["processor"]
+            self.processor = getattr(transformers, processor["image_processor_type"]).from_dict(processor)
+        else:
+            self.model, self.processor = load_hf_vit(name_or_path, names, revision, cache_dir, dropout)
         model_channels = self.model.config.num_channels
         if in_chans != model_channels and not (in_chans == 1 and model_channels == 3):
             raise ConfigError(f"{name_or_path} takes {model_channels}-channel images, the data {in_chans}")
@@ -317,6 +398,13 @@ class HFViT(nn.Module):
             "image_size": self.image_size,
             "mean": channel_stats(self.processor.image_mean, self.in_chans),
             "std": channel_stats(self.processor.image_std, self.in_chans),
+        }
+
+    def resolved_source(self) -> dict[str, Any]:
+        """What rebuilds this model with no download and no folder: its config and image processor."""
+        return {
+            "config": json.loads(self.model.config.to_json_string(use_diff=False)),
+            "processor": json.loads(self.processor.to_json_string()),
         }
 
     def get_classifier(self) -> nn.Module:

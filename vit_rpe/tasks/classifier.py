@@ -35,7 +35,8 @@ class ImageClassifier(L.LightningModule):
 
     ``net`` is an nn.Module or a Hydra config of one. Given as a config, the task builds the
     backbone itself and stores the config in its hyperparameters, so
-    ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else. ``optimizer`` and
+    ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else (not even the source of a
+    pretrained backbone: see ``resolved_source`` in models/pretrained.py). ``optimizer`` and
     ``scheduler`` are partial callables or configs of them: ``optimizer(params)`` and
     ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
     freeze_backbone_epochs, layer_decay) says what trains at which rate: see tasks/finetune.py.
@@ -65,7 +66,11 @@ class ImageClassifier(L.LightningModule):
             }
         )
         self.finetune = FineTuning.from_config(as_plain(finetune))
-        self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"])
+        self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"], _convert_="all")
+        if "net" in storable and hasattr(self.net, "resolved_source"):
+            # A pretrained backbone's architecture and preprocessing, as its source resolved them:
+            # a checkpoint rebuilds it from these alone, with no download, and loads its own weights.
+            self.hparams["net"] = {**storable["net"], "resolved_source": self.net.resolved_source()}
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.make_optimizer = as_factory(plain["optimizer"])

@@ -1,10 +1,5 @@
 """Fine-tuning: linear probing, a backbone frozen for the first epochs, layer-wise lr decay.
 
-Plus the three hand-offs between a pretrained backbone and the rest of a run, each a function
-train.py calls: class names from the datamodule into the model config (the label maps of the
-exported model), the checkpoint's input size and normalisation into the datamodule's device
-transform, and the export of the fine-tuned weights in the library's own format.
-
 They work on any backbone that has a head (``get_classifier()`` or ``head``); layer-wise decay
 asks the backbone for ``layer_id(name)`` and ``num_layers`` and otherwise numbers timm-style
 names itself (embeddings 0, ``blocks.i`` i + 1, the final norm with the last block, head last).
@@ -16,12 +11,9 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from vit_rpe.tasks.optim import is_decayed, param_groups
@@ -162,62 +154,3 @@ def layer_decay_groups(
             groups[layer, decayed] = group
         groups[layer, decayed]["params"].append(param)
     return [groups[key] for key in sorted(groups)]
-
-
-# --- hand-offs between a pretrained backbone and the rest of the run ---------------------------
-
-
-def fill_class_names(net_cfg: DictConfig, datamodule: Any) -> None:
-    """``model.net.class_names: null`` -> the datamodule's class names (label maps of the export)."""
-    if "class_names" not in net_cfg or net_cfg.class_names is not None:
-        return
-    names = getattr(datamodule, "class_names", None)
-    if names:
-        with open_dict(net_cfg):
-            net_cfg.class_names = [str(name) for name in names]
-
-
-def apply_data_config(datamodule: Any, net: nn.Module) -> None:
-    """Make the datamodule's device transform produce what the backbone was pretrained on.
-
-    A backbone with a ``data_config`` ({image_size, mean, std}; a key absent or None keeps the
-    datamodule's) states its input size and normalisation; the datamodule stays model-agnostic.
-    """
-    config = getattr(net, "data_config", None)
-    transform = getattr(datamodule, "transform", None)
-    if not config or transform is None:
-        return
-    size = config.get("image_size")
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        if transform.image_size != size:
-            log.info("images resized on the device to %s, the backbone's input size", size)
-        transform.image_size = size
-        datamodule.image_size = size[0] if size[0] == size[1] else size
-    if config.get("mean") is not None:
-        log.info("normalisation of the pretrained checkpoint: mean %s std %s", config["mean"], config["std"])
-        transform.mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        transform.std = torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1)
-
-
-def export_pretrained(model: L.LightningModule, datamodule: Any, folder: Path, best_ckpt: str | None = None):
-    """Save the backbone with ``save_pretrained`` (its library's format) into ``folder``.
-
-    The weights are the best checkpoint's when one is given; the preprocessing recorded is the
-    one training used. Returns the folder, or None for backbones that cannot be exported.
-    """
-    net = getattr(model.net, "_orig_mod", model.net)  # under torch.compile
-    if not hasattr(net, "save_pretrained"):
-        return None
-    if best_ckpt:
-        state = torch.load(best_ckpt, map_location="cpu", weights_only=False)["state_dict"]  # our own file
-        model.load_state_dict(state)
-    transform = datamodule.transform
-    net.save_pretrained(
-        folder,
-        image_size=transform.image_size,
-        mean=transform.mean.flatten().tolist(),
-        std=transform.std.flatten().tolist(),
-    )
-    log.info("fine-tuned model exported to %s", folder)
-    return folder

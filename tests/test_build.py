@@ -1,0 +1,97 @@
+"""The config boundary both entry points share: a backbone gets only keys it takes, and a key it
+cannot take is one message that says which keys, who set them and what to do."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import CONF_DIR, FAST
+from tests.models.test_pretrained import save_tiny_hf_vit
+from vit_rpe.build import check_backbone_config
+from vit_rpe.train import train
+from vit_rpe.utils.errors import ConfigError
+from vit_rpe.utils.run import user_error_of
+
+# The FAST trainer settings; the model.net sizes there belong to the from-scratch ViT.
+TRAINER_FAST = tuple(o for o in FAST if not o.startswith("model."))
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return save_tiny_hf_vit(tmp_path_factory.mktemp("hf_tiny"))
+
+
+def config_error_of(train_config, *overrides: str) -> str:
+    """The message of the ConfigError that train() ends with."""
+    with pytest.raises(Exception) as raised:
+        train(train_config(*TRAINER_FAST, *overrides, fast=False))
+    error = user_error_of(raised.value)
+    assert isinstance(error, ConfigError), raised.value
+    return str(error)
+
+
+def test_timm_with_the_quickstart_experiment_names_the_key_it_cannot_take(train_config):
+    message = config_error_of(train_config, "experiment=quickstart", "model=timm_vit")
+    # pool is the from-scratch ViT's; the size keys pass through to timm
+    assert "model=timm_vit" in message and "model.net.pool (set by experiment=quickstart)" in message
+    assert "embed_dim" not in message.split("takes:")[0]
+    assert "~model.net.pool" in message  # the fix, as a command-line override
+
+
+def test_hf_vit_with_the_quickstart_experiment_names_every_key_it_cannot_take(train_config, hf_folder):
+    message = config_error_of(
+        train_config, "experiment=quickstart", "model=hf_vit", f"model.net.name_or_path={hf_folder}"
+    )
+    refused = message.split(" (set by experiment=quickstart)")[0]
+    for key in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pool", "drop_path_rate"):
+        assert f"model.net.{key}" in refused
+    assert "model=hf_vit" in message
+
+
+def test_a_key_set_on_the_command_line_is_named_as_such(train_config):
+    message = config_error_of(
+        train_config, "model=timm_vit", "model.net.pretrained=false", "+model.net.attention=performer"
+    )
+    assert "model.net.attention (set by the command line: +model.net.attention=performer)" in message
+
+
+def test_keys_from_a_config_group_are_traced_to_its_option(train_config):
+    message = config_error_of(
+        train_config, "model=hf_vit", "+model/net=small", "model.net.name_or_path=/nonexistent"
+    )
+    assert "(set by model/net=small)" in message
+
+
+@pytest.mark.parametrize("model", ["timm_vit", "hf_vit"])
+def test_rpe_with_a_pretrained_model_is_the_message_even_with_other_bad_keys(train_config, model):
+    message = config_error_of(train_config, "experiment=quickstart", f"model={model}", "rpe=exp")
+    assert message.startswith("rpe=exp works with the from-scratch ViT only")
+    assert f"model={model}" in message
+
+
+def test_timm_takes_the_size_keys_of_the_quickstart_experiment(train_config):
+    cfg = train_config(
+        "experiment=quickstart",
+        "model=timm_vit",
+        "~model.net.pool",
+        "model.net.pretrained=false",
+        "model.net.img_size=8",
+        fast=False,
+    )
+    check_backbone_config(cfg.model.net, cfg.rpe.family)
+    net = instantiate(cfg.model.net).model
+    assert net.embed_dim == 96 and len(net.blocks) == 4 and net.patch_embed.patch_size == (2, 2)
+    assert net.blocks[0].attn.num_heads == 4 and net.blocks[0].mlp.fc1.out_features == 192
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        *(f"model={m}" for m in ("vit", "performer", "linear", "timm_vit", "hf_vit")),
+        *(f"experiment={e.stem}" for e in sorted((CONF_DIR / "experiment").glob("*.yaml"))),
+    ],
+)
+def test_every_shipped_model_and_experiment_passes_the_check(train_config, choice):
+    cfg = train_config(choice, fast=False)
+    check_backbone_config(cfg.model.net, cfg.rpe.family)
