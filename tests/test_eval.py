@@ -106,3 +106,19 @@ def test_eval_of_a_fine_tuned_pretrained_run_needs_only_its_checkpoint(model, tm
     assert result["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
     assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
 
+
+def test_eval_loss_is_the_mean_over_images_whatever_the_batch_size(trained, tmp_path):
+    """A run's test loss and eval's agree when eval batches differently (the data config's
+    default batch size, not the experiment's): the loss is averaged over images, not batches."""
+    _, metrics = trained
+    losses = [
+        evaluate(
+            compose_config(
+                "eval",
+                ["trainer=cpu", f"ckpt_path={metrics['best_ckpt']}", f"data.batch_size={size}"],
+                tmp_path / f"eval_{size}",
+            )
+        )["test/loss"]
+        for size in (32, 100)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -150,7 +150,7 @@ class ImageClassifier(L.LightningModule):
         smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
         hard_targets = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        getattr(self, f"{stage}_loss")(loss.detach())
+        getattr(self, f"{stage}_loss")(loss.detach(), weight=len(images))  # a mean over images, not batches
         for k in self.top_ks:
             name = f"{stage}_acc{'' if k == 1 else k}"
             getattr(self, name)(logits.detach(), hard_targets)
