@@ -30,6 +30,7 @@ from vit_rpe.utils.checkpoint import (
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
     CONF_DIR,
+    in_multirun,
     instantiate_named,
     metric_for_sweeper,
     print_config_tree,
@@ -150,13 +151,20 @@ def run_summary(
     }
 
 
+def train_and_score(cfg: DictConfig) -> float | None:
+    """train(cfg), then the metric a sweeper optimises: an unknown name is a user error of the job."""
+    return metric_for_sweeper(train(cfg), cfg.get("optimized_metric"))
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     print_config_tree(cfg)
-    metrics = run_job(train, cfg)
-    if metrics is None:  # a failed sweep job, recorded in its directory: NaN tells the sweeper
+    score = run_job(train_and_score, cfg)
+    if (
+        score is None and in_multirun()
+    ):  # a failed sweep job, recorded in its directory: NaN tells the sweeper
         return float("nan")
-    return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
+    return score
 
 
 if __name__ == "__main__":

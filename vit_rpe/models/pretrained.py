@@ -65,7 +65,7 @@ def hub_errors(what: str, name: str, fix: str) -> Iterator[None]:
         yield
     except (OSError, HFValidationError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise UserError(
             f"could not load {what} {name!r}: {reason}. "
             + (
@@ -117,6 +117,9 @@ def create_timm_model(
             )
     except TypeError as err:
         raise ConfigError(f"timm model {name} does not take these arguments: {err}") from err
+    except AssertionError as err:  # timm checks its arguments with asserts
+        given = ", ".join(f"model.net.{k}={v}" for k, v in {**adapted, **size}.items() if v is not None)
+        raise ConfigError(f"timm model {name} cannot be built with {given}: {err}") from err
     except UserError:
         raise
     except Exception as err:

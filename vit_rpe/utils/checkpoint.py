@@ -43,6 +43,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return dict(load_file(str(path), device="cpu"))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or holding pickled objects we refuse to run
+        if "weights only load failed" in str(err).lower():
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it holds pickled Python objects, which are never loaded "
+                "(weights_only=True, so a checkpoint cannot run code); save tensors in plain dicts and "
+                "lists, e.g. torch.save(model.state_dict(), path)"
+            ) from None
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
             "the file is corrupt or not a PyTorch/safetensors checkpoint"
@@ -61,7 +67,7 @@ def read_task_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint of ``ImageClassifier`` (with its backbone config), or an error."""
     ckpt = read_checkpoint(path)
     if not is_task_checkpoint(ckpt):
-        what = "a plain state dict" if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "not"
+        what = "a plain state dict, not" if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "not"
         raise CheckpointError(
             f"{path} is {what} a Lightning checkpoint of vit_rpe.tasks.ImageClassifier (no state_dict and "
             "hyper_parameters.net): use a .ckpt from a run's checkpoints/ folder, or load plain backbone "
