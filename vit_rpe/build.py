@@ -168,13 +168,11 @@ def sets(folder: Path, group: str, option: str, key: str) -> bool:
     text = path.read_text()
     header = [line for line in text.splitlines() if line.startswith("#") and "@package" in line]
     package = header[0].split("@package", 1)[1].strip() if header else group.replace("/", ".")
-    parts = key.split(".")
-    if package != "_global_":
-        if parts[: package.count(".") + 1] != package.split("."):
-            return False
-        parts = parts[package.count(".") + 1 :]
+    parts, prefix = key.split("."), [] if package == "_global_" else package.split(".")
+    if parts[: len(prefix)] != prefix:
+        return False
     node = yaml.safe_load(text) or {}
-    for part in parts:
+    for part in parts[len(prefix) :]:
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
