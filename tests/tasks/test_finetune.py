@@ -1,4 +1,4 @@
-"""Fine-tuning: layer-wise lr decay, frozen backbones, and whole runs through
+"""Fine-tuning: its options, frozen backbones, and whole runs through
 ``train(cfg)`` with pretrained backbones that export and reload to identical logits."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from transformers import AutoImageProcessor, ViTForImageClassification
 from tests.conftest import FAST
 from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.data import DigitsDataModule
-from vit_rpe.models.pretrained import HFViT, TimmBackbone
+from vit_rpe.models.pretrained import HFViT
 from vit_rpe.tasks import ImageClassifier
-from vit_rpe.tasks.finetune import FineTuning, layer_decay_groups
+from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.train import train
 from vit_rpe.utils.errors import ConfigError, UserError
 from vit_rpe.utils.run import user_error_of
@@ -35,47 +35,7 @@ def hf_folder(tmp_path_factory):
     return save_tiny_hf_vit(tmp_path_factory.mktemp("hf_tiny"))
 
 
-def lr_by_param(groups: list[dict], net) -> dict[str, float]:
-    names = {id(p): n for n, p in net.named_parameters()}
-    return {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
-
-
-# --- layer-wise learning-rate decay -----------------------------------------------------------
-
-
-def test_layer_decay_gives_each_layer_its_learning_rate(hf_folder):
-    net = HFViT(str(hf_folder), num_classes=3)
-    groups = layer_decay_groups(net, weight_decay=0.05, layer_decay=0.5, lr=1.0)
-    lrs = lr_by_param(groups, net)
-    assert lrs["model.classifier.weight"] == 1.0  # head: x1
-    assert lrs["model.vit.layernorm.weight"] == 0.5  # final norm: with the last block
-    block = {i: {v for k, v in lrs.items() if f"layers.{i}." in k or f"layer.{i}." in k} for i in (0, 1)}
-    assert block == {1: {0.5}, 0: {0.25}}  # last block x0.5, first x0.25
-    assert lrs["model.vit.embeddings.patch_embeddings.projection.weight"] == 0.125  # embeddings lowest
-    assert {g["weight_decay"] for g in groups if g["params"][0].ndim == 1} == {0.0}  # biases and norms
-    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
-
-
-def test_layer_decay_through_the_task_for_timm_and_the_scratch_vit():
-    optimizer = {"_target_": "torch.optim.AdamW", "lr": 0.1, "weight_decay": 0.05}
-    timm_net = TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=False, model_kwargs=TINY_TIMM)
-    task = ImageClassifier(timm_net, num_classes=3, optimizer=optimizer, finetune={"layer_decay": 0.5})
-    optim = task.make_optimizer(task.trainable_param_groups())
-    lrs = lr_by_param(optim.param_groups, timm_net)
-    assert lrs["model.head.weight"] == pytest.approx(0.1)
-    assert lrs["model.blocks.1.mlp.fc1.weight"] == pytest.approx(0.05)
-    assert lrs["model.blocks.0.mlp.fc1.weight"] == pytest.approx(0.025)
-    assert lrs["model.pos_embed"] == pytest.approx(0.0125)
-
-    from vit_rpe.models import VisionTransformer
-
-    scratch = VisionTransformer(
-        img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=16, depth=3, num_heads=2
-    )
-    lrs = lr_by_param(layer_decay_groups(scratch, 0.05, 0.5, lr=1.0), scratch)
-    assert lrs["head.weight"] == 1.0 and lrs["norm.weight"] == 0.5
-    assert lrs["blocks.2.norm1.weight"] == 0.5 and lrs["blocks.0.norm1.weight"] == 0.125
-    assert lrs["pos_embed"] == 0.0625
+# --- options --------------------------------------------------------------------------------
 
 
 def test_finetune_options_are_validated():

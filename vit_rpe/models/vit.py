@@ -13,7 +13,7 @@ from torch import nn
 
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.embed import PATCH_EMBEDS, sincos_2d
-from vit_rpe.models.rpe import build_rpe
+from vit_rpe.models.rpe import RelativePositionMask, build_rpe
 from vit_rpe.utils.errors import ConfigError
 
 POS_EMBEDS = ("learned", "sincos2d", "none")
@@ -174,8 +174,15 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay (timm's convention), besides norms and biases."""
-        return {name for name in ("pos_embed", "cls_token") if getattr(self, name) is not None}
+        """Parameter names exempt from weight decay (timm's convention), besides norms and biases:
+        the position encodings, absolute and relative. Every parameter of every RPE mask, whatever
+        its family: decaying general's table while exp's and poly's scalars (1-D, never decayed)
+        go free would skew the comparison of the families."""
+        names = {name for name in ("pos_embed", "cls_token") if getattr(self, name) is not None}
+        for prefix, module in self.named_modules():
+            if isinstance(module, RelativePositionMask):
+                names.update(name for name, _ in module.named_parameters(prefix=prefix))
+        return names
 
     def forward_features(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """Final-normed tokens [B, 1+N, D]; with ``cls_only`` the cls token alone, [B, 1, D].

@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_rpe.tasks.finetune import FineTuning
+from vit_rpe.tasks.optim import base_lr, build_optimizer
 from vit_rpe.utils.checkpoint import plain_names, renamed_for
 
 
@@ -37,7 +38,8 @@ class ImageClassifier(L.LightningModule):
     backbone itself and stores the config in its hyperparameters, so
     ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else (not even the source of a
     pretrained backbone: see ``resolved_source`` in models/pretrained.py). ``optimizer`` and
-    ``scheduler`` are partial callables or configs of them: ``optimizer(params)`` and
+    ``scheduler`` are callables or configs of them: ``optimizer(param_groups)``, whose own lr
+    and weight decay hold wherever the groups make no exception (tasks/optim.py), and
     ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
     freeze_backbone_epochs, layer_decay) says what trains at which rate: see tasks/finetune.py.
     """
@@ -188,7 +190,8 @@ class ImageClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, "train")
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # The schedule's lr, which the head trains at; layer decay scales it down for lower layers.
+        self.log("train/lr", base_lr(self.optimizers()), on_step=True, on_epoch=False)
         self._epoch_images += batch[0].shape[0]
         return loss
 
@@ -233,15 +236,11 @@ class ImageClassifier(L.LightningModule):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(images).softmax(dim=-1)
 
-    def trainable_param_groups(self) -> list[dict]:
-        options = getattr(self.make_optimizer, "keywords", {})
-        return self.finetune.param_groups(self.net, options.get("weight_decay", 0.0), options.get("lr"))
-
     def configure_callbacks(self) -> list[L.Callback]:
         return self.finetune.callbacks()  # a backbone frozen for some or all epochs
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.make_optimizer(self.trainable_param_groups())
+        optimizer = build_optimizer(self.make_optimizer, self.net, self.finetune.layer_decay)
         if self.make_scheduler is None:
             return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)

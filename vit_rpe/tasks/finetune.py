@@ -1,22 +1,18 @@
 """Fine-tuning: linear probing, a backbone frozen for the first epochs, layer-wise lr decay.
 
-They work on any backbone that has a head (``get_classifier()`` or ``head``); layer-wise decay
-asks the backbone for ``layer_id(name)`` and ``num_layers`` and otherwise numbers timm-style
-names itself (embeddings 0, ``blocks.i`` i + 1, the final norm with the last block, head last).
+They work on any backbone that has a head (``get_classifier()`` or ``head``); the param groups
+of layer-wise decay are built in tasks/optim.py, like those of every run.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 from torch import nn
 
-from vit_rpe.tasks.optim import is_decayed, param_groups
 from vit_rpe.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,11 +49,6 @@ class FineTuning:
         if unknown:
             raise ConfigError(f"model.finetune has unknown keys {sorted(unknown)}")
         return cls(**(spec or {}))
-
-    def param_groups(self, net: nn.Module, weight_decay: float, lr: float | None) -> list[dict]:
-        if self.layer_decay is None:
-            return param_groups(net, weight_decay)
-        return layer_decay_groups(net, weight_decay, self.layer_decay, lr)
 
     def callbacks(self) -> list[L.Callback]:
         if self.mode == "linear_probe":
@@ -101,56 +92,3 @@ class FreezeBackbone(L.Callback):
         set_backbone_trainable(pl_module.net, not frozen)
         if self.epochs is not None and trainer.current_epoch == self.epochs:
             log.info("epoch %d: backbone unfrozen, training every layer", trainer.current_epoch)
-
-
-VIT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-
-
-def layer_numbering(net: nn.Module) -> tuple[int, Any]:
-    """(number of layers, name -> layer id): the backbone's own, else timm's ViT naming."""
-    if hasattr(net, "layer_id"):
-        return net.num_layers, net.layer_id
-    blocks = getattr(net, "blocks", None)
-    if blocks is None:
-        raise ConfigError(f"{type(net).__name__} has no blocks to number: set finetune.layer_decay to null")
-    depth = len(blocks)
-    head = {name for name, _ in net.named_parameters() if name.startswith(("head.", "fc_norm."))}
-
-    def layer_id(name: str) -> int:
-        if match := VIT_BLOCK.search(name):
-            return int(match.group(1)) + 1
-        if name in head:
-            return depth + 1
-        return depth if name.startswith("norm.") else 0
-
-    return depth + 2, layer_id
-
-
-def layer_decay_groups(
-    net: nn.Module, weight_decay: float, layer_decay: float, lr: float | None = None
-) -> list[dict]:
-    """One group per (layer, decayed or not); ``lr_scale`` = layer_decay ** (top layer - layer).
-
-    The head gets the base lr, the last block ``lr * layer_decay``, and so on down to the
-    embeddings. With ``lr`` given the groups carry their own ``lr`` (what torch optimizers read).
-    """
-    num_layers, layer_id = layer_numbering(net)
-    skip = set(getattr(net, "no_weight_decay", lambda: set())())
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in net.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer, decayed = layer_id(name), is_decayed(name, param, skip)
-        if (layer, decayed) not in groups:
-            scale = layer_decay ** (num_layers - 1 - layer)
-            group = {
-                "params": [],
-                "weight_decay": weight_decay if decayed else 0.0,
-                "lr_scale": scale,
-                "layer": layer,
-            }
-            if lr is not None:
-                group["lr"] = lr * scale
-            groups[layer, decayed] = group
-        groups[layer, decayed]["params"].append(param)
-    return [groups[key] for key in sorted(groups)]
