@@ -49,14 +49,15 @@ def test_pixels_labels_and_split_sizes(cifar_dir):
     assert sorted(map(bytes, got)) == sorted(map(bytes, all_train))
 
 
-def test_validation_split_is_seeded(cifar_dir):
-    def val_labels_and_pixels(seed):
+def test_validation_split_is_seeded_and_the_test_set_is_not(cifar_dir):
+    def splits(seed):
         dm = CIFAR10DataModule(cifar_dir, val_size=0.2, seed=seed, download=False)
         dm.setup()
-        return dm.splits["val"][0]
+        return dm.splits
 
-    assert torch.equal(val_labels_and_pixels(1), val_labels_and_pixels(1))
-    assert not torch.equal(val_labels_and_pixels(1), val_labels_and_pixels(2))
+    assert torch.equal(splits(1)["val"][0], splits(1)["val"][0])
+    assert not torch.equal(splits(1)["val"][0], splits(2)["val"][0])
+    assert torch.equal(splits(1)["test"][0], splits(2)["test"][0])
 
 
 def test_data_dir_may_be_the_batches_folder_itself(cifar_dir):

@@ -111,3 +111,24 @@ def test_hf_bad_columns_and_offline_hub(hub_copy, tmp_path):
     (tmp_path / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(DataError, match="not a readable parquet file"):
         HFImageDataModule(data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("source", ["image_folder", "hf"])
+def test_a_carved_test_split_is_the_same_for_every_seed(source, tmp_path, hub_copy):
+    """Runs of different seeds are scored on the same test images; only validation follows the seed."""
+    if source == "image_folder":
+        write_image_folder(tmp_path, classes=("a", "b", "c"), per_class=10)
+
+    def splits(seed: int) -> dict:
+        options = dict(image_size=8, val_size=0.2, test_size=0.2, seed=seed)
+        if source == "image_folder":
+            dm = ImageFolderDataModule(tmp_path, **options)
+        else:  # the copy has train and test splits: ask for a missing one, so test is carved
+            dm = HFImageDataModule(data_dir=hub_copy, test_split="validation", **options)
+        dm.setup()
+        return dm.splits
+
+    first, second = splits(0), splits(1)
+    assert torch.equal(first["test"][0], second["test"][0])
+    assert not torch.equal(first["val"][0], second["val"][0])
+    assert torch.bincount(first["test"][1]).tolist() == [2, 2, 2]

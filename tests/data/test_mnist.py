@@ -34,12 +34,15 @@ def test_real_idx_files_read_exactly():
     assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
-def test_splits_come_from_train_with_a_fixed_seed(real_mnist_folder):
+def test_validation_is_a_seeded_stratified_share_of_train(real_mnist_folder):
     dm = MNISTDataModule(data_dir=real_mnist_folder, val_size=1000, seed=3, download=False)
     dm.setup()
     (tx, ty), (vx, vy), (sx, sy) = dm.splits["train"], dm.splits["val"], dm.splits["test"]
-    assert (len(ty), len(vy), len(sy)) == (7000, 1000, 2000)
-    assert tx.shape == (7000, 1, 28, 28) and tx.dtype == torch.uint8 and ty.dtype == torch.int64
+    # every class gives validation its rounded share (1000 of 8000: an eighth): 998 images
+    file_counts = torch.from_numpy(np.bincount(read_idx(real_mnist_folder / "train-labels-idx1-ubyte.gz")))
+    assert torch.bincount(vy).tolist() == (file_counts / 8).round().long().tolist()
+    assert (len(ty), len(vy), len(sy)) == (7002, 998, 2000)
+    assert tx.shape == (7002, 1, 28, 28) and tx.dtype == torch.uint8 and ty.dtype == torch.int64
     # train and validation are a partition of the training file; the test file is untouched
     train_file = torch.from_numpy(read_idx(real_mnist_folder / "train-images-idx3-ubyte.gz").copy())
     assert torch.equal(
@@ -60,9 +63,9 @@ def test_torchvision_raw_layout_uncompressed(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (30, 28, 28)), rng.integers(0, 10, 30)
     make_mnist_folder(tmp_path / "MNIST" / "raw", images, labels, images[:10], labels[:10], compress=False)
-    dm = MNISTDataModule(data_dir=tmp_path, val_size=5, download=False)
+    dm = MNISTDataModule(data_dir=tmp_path, val_size=15, download=False)
     dm.setup()
-    assert len(dm.splits["train"][1]) == 25 and len(dm.splits["test"][1]) == 10
+    assert len(dm.splits["train"][1]) + len(dm.splits["val"][1]) == 30 and len(dm.splits["test"][1]) == 10
     assert torch.equal(dm.splits["test"][0][:, 0], torch.from_numpy(images[:10].astype(np.uint8)))
 
 

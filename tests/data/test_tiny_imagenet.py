@@ -48,6 +48,14 @@ def test_folder_labels_follow_sorted_wnids_and_words(tiny_root):
     assert torch.equal(test_x[0], torch.from_numpy(first.transpose(2, 0, 1).copy()))
 
 
+def test_validation_follows_the_seed_and_the_test_set_does_not(tiny_root):
+    first, second = (TinyImageNetDataModule(tiny_root, val_size=0.5, seed=seed) for seed in (0, 1))
+    first.setup()
+    second.setup()
+    assert torch.equal(first.splits["test"][0], second.splits["test"][0])
+    assert not torch.equal(first.splits["val"][0], second.splits["val"][0])
+
+
 def test_hub_layout_through_datasets(tiny_hub, tmp_path):
     dm = TinyImageNetDataModule(tmp_path, source="hf", hf_path=str(tiny_hub), val_size=0.5)
     assert dm.num_classes == 200 and dm.class_names == tiny_wnids()

@@ -257,6 +257,30 @@ class ImageDataModule(L.LightningDataModule):
         return images, labels
 
 
+# Carved test splits are drawn with this seed, never the run's: runs of every seed are scored on the
+# same images.
+TEST_SPLIT_SEED = 0
+
+
+def carve_splits(
+    labels: torch.Tensor, val: float | None, test: float | None, seed: int
+) -> dict[str, torch.Tensor]:
+    """Indices of 'train' and of the held-out splits asked for, stratified by class.
+
+    ``val`` and ``test`` are fractions of all the images (None: the format has that split). The
+    test split is drawn first, with TEST_SPLIT_SEED, so it depends on the data and ``test`` alone;
+    validation is drawn from the rest with the run's ``seed``.
+    """
+    keep, parts = torch.arange(len(labels)), {}
+    if test:
+        keep, parts["test"] = stratified_split(labels, [1 - test, test], seed=TEST_SPLIT_SEED)
+    if val:
+        share = min(val * len(labels) / max(len(keep), 1), 1.0)  # of the images left
+        rest, held = stratified_split(labels[keep], [1 - share, share], seed=seed)
+        keep, parts["val"] = keep[rest], keep[held]
+    return {"train": keep, **parts}
+
+
 def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
     """Index sets with the given fractions of every class, the same for the same seed."""
     gen = torch.Generator().manual_seed(seed)

@@ -5,7 +5,8 @@ it (``read_sources``: labels plus the images as pixels or as encoded items). The
 decodes everything once into the uint8 cache (vit_rpe/data/cache.py) and trains from memory; a
 dataset bigger than ``max_cache_gb`` is decoded on the fly by DataLoader workers instead, still
 as uint8 tensors, so the device-side transform is the same either way. Validation (and test, when
-the format has none) is carved from the training split, stratified by class and seeded.
+the format has none) is carved from the training split, stratified by class: test with a fixed
+seed, the same for every run, and validation with the run's seed (``carve_splits``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vit_rpe.data.base import ImageDataModule, Split, stratified_split
+from vit_rpe.data.base import ImageDataModule, Split, carve_splits
 from vit_rpe.data.cache import cache_key, load_cache, write_cache
 from vit_rpe.utils.errors import ConfigError, DataError
 
@@ -209,19 +210,16 @@ class DecodedImageDataModule(ImageDataModule):
     def load_splits(self) -> dict[str, Split | Dataset]:
         stored = self.decoded()
         images, labels = stored["train"]
-        names = ["train"]
-        fractions = []
-        if "val" not in stored:
-            names.append("val")
-            fractions.append(split_fraction(self.val_size, len(labels), "val_size"))
-        if "test" not in stored:
-            names.append("test")
-            fractions.append(split_fraction(self.test_size, len(labels), "test_size"))
-        if sum(fractions) >= 1:
-            raise ConfigError(f"data.val_size and data.test_size leave no training images ({fractions})")
-        parts = stratified_split(labels, [1 - sum(fractions), *fractions], seed=self.seed)
+        held_out = {
+            name: split_fraction(getattr(self, f"{name}_size"), len(labels), f"{name}_size")
+            for name in ("val", "test")
+            if name not in stored
+        }
+        if sum(held_out.values()) >= 1:
+            raise ConfigError(f"data.val_size and data.test_size leave no training images ({held_out})")
+        parts = carve_splits(labels, held_out.get("val"), held_out.get("test"), seed=self.seed)
         splits = {k: v for k, v in stored.items() if k != "train"}
-        for name, index in zip(names, parts):
+        for name, index in parts.items():
             if len(index) == 0:
                 raise DataError(
                     f"the {name} split of {self.cache_name} is empty (each class gives it a rounded share): "

@@ -42,7 +42,8 @@ class FolderLayout:
 
 class ImageFolderDataModule(DecodedImageDataModule):
     """Class names are the folder names, in sorted order. Validation (and test, unless ``test_dir``
-    holds a separate tree with the same class folders) are stratified, seeded fractions of the images.
+    holds a separate tree with the same class folders) are stratified fractions of the images:
+    test the same for every seed, validation seeded (``carve_splits``).
 
     The cache lives in ``data_dir/.cache`` so it is never mistaken for a class.
     """

@@ -168,8 +168,9 @@ class HFImageDataModule(DecodedImageDataModule):
     """An HF image-classification dataset: ``hf_path`` (hub id, or a local copy; default ``data_dir``).
 
     Splits: ``train_split``; ``val_split`` / ``test_split`` where the dataset has them (null or
-    absent: carved from train, stratified). Images are decoded to ``decode_size`` (default
-    ``image_size``) squares, centre-cropped, RGB (or greyscale with ``in_chans=1``).
+    absent: carved from train, stratified; a carved test split is the same for every seed).
+    Images are decoded to ``decode_size`` (default ``image_size``) squares, centre-cropped, RGB
+    (or greyscale with ``in_chans=1``).
     """
 
     cache_name = "hf"

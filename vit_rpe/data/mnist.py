@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_rpe.data.base import ImageDataModule, Split, stratified_split
+from vit_rpe.data.base import ImageDataModule, Split, carve_splits, stratified_split
 from vit_rpe.data.download import download
 from vit_rpe.utils.errors import DataError
 
@@ -60,7 +60,8 @@ def find_mnist_file(data_dir: Path, name: str) -> Path | None:
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST 28x28: 60k training images (``val_size`` of them held out) and the 10k test set."""
+    """MNIST 28x28: 60k training images (about ``val_size`` of them held out, stratified, seeded)
+    and the 10k test set."""
 
     native_size = (28, 28)
     default_in_chans = 1
@@ -107,9 +108,12 @@ class MNISTDataModule(ImageDataModule):
         train_y = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))
         if not 0 < self.val_size < len(train_y):
             raise DataError(f"data.val_size={self.val_size} must be between 1 and {len(train_y) - 1}")
-        # Validation comes from the training set, with a fixed seed; the test set stays unseen.
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        # Validation is a stratified share of the training file, drawn with the run's seed (each class
+        # gives its rounded share, so about val_size images); the test file stays unseen.
+        parts = carve_splits(train_y, val=self.val_size / len(train_y), test=None, seed=self.seed)
+        train_idx, val_idx = parts["train"], parts["val"]
+        if len(val_idx) == 0:
+            raise DataError(f"data.val_size={self.val_size} gives no class a validation image: raise it")
         test_x = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].copy()).unsqueeze(1)
         test_y = torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
         return {
