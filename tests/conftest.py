@@ -40,6 +40,9 @@ FAST = (
     "model.net.depth=1",
     "model.net.num_heads=2",
 )
+# With these the FAST model learns in its few steps (no warmup, a high lr, mean pooling), so a tiny
+# run can assert a learning outcome; a patch size giving a 2x2 grid helps most.
+LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.net.pool=mean")
 
 
 def compose_config(config_name: str, overrides, output_dir: Path) -> DictConfig:

@@ -95,7 +95,8 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
         ("patch_size=2", "completed"),
     ]
     assert "patch_size 3 does not divide" in rows[0]["error"] and rows[0]["val_acc_best"] == ""
-    assert float(rows[1]["val_acc_best"]) >= 0
+    job = json.loads((completed / "metrics.json").read_text())
+    assert float(rows[1]["val_acc_best"]) == pytest.approx(job["val/acc_best"])
 
 
 def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from tests.conftest import ROOT
+from tests.conftest import LEARNS, ROOT
 from vit_rpe.train import train
 from vit_rpe.utils.errors import ConfigError, DataError
 from vit_rpe.utils.run import exit_on_user_error, user_error_of
@@ -32,12 +32,13 @@ def read_csv_metrics(run_dir):
 
 
 def test_digits_run_writes_config_checkpoints_logs_and_metrics(train_config):
-    cfg = train_config("trainer.max_epochs=2")
+    cfg = train_config("trainer.max_epochs=2", *LEARNS, "model.net.patch_size=4")
     metrics = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved.keys() >= METRICS_KEYS
-    assert saved["epochs"] == 2 and saved["params"] > 0 and 0 <= saved["test/acc"] <= 1
+    assert saved["epochs"] == 2 and saved["params"] > 0
+    assert saved["test/acc"] > 0.25  # learned in 6 steps: chance is 0.1 (0.43 measured)
     assert saved["seconds_per_epoch"] > 0 and saved["train_images_per_sec"] > 0
     assert saved == json.loads(json.dumps(metrics))
     assert "${" not in (run_dir / "config.yaml").read_text(), "the saved config is resolved"
@@ -61,10 +62,12 @@ def test_mnist_from_real_idx_files(train_config, real_mnist_folder):
         f"data.data_dir={real_mnist_folder}",
         "data.val_size=1000",
         "data.download=false",
-        "model.net.patch_size=7",
+        *LEARNS,
+        "model.net.patch_size=14",
     )
     metrics = train(cfg)
-    assert metrics["test/acc"] >= 0 and (real_mnist_folder / "train-images-idx3-ubyte.gz").is_file()
+    assert metrics["test/acc"] > 0.3  # learned in 3 steps: chance is 0.1 (0.55 measured)
+    assert (real_mnist_folder / "train-images-idx3-ubyte.gz").is_file()
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
 
 
