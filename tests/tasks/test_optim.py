@@ -59,6 +59,18 @@ def test_no_rpe_parameter_is_decayed(family, layer_decay):
     assert groups["blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05  # weight matrices still decay
 
 
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_a_compiled_backbone_gets_the_groups_of_the_plain_one(layer_decay):
+    """model.compile=true: torch.compile prefixes every name with ``_orig_mod.``."""
+    net = scratch_vit(depth=3, rpe="general")
+
+    def settings(module):
+        groups = group_by_name(optimizer_of(module, layer_decay=layer_decay), net)
+        return {name: (group["weight_decay"], group["lr"]) for name, group in groups.items()}
+
+    assert settings(torch.compile(net)) == settings(net)
+
+
 def test_a_plain_optimizer_factory_keeps_its_weight_decay_and_the_layer_lrs():
     """Not a functools.partial: nothing to read the decay or the lr from, yet both must hold."""
 

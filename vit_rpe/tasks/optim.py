@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from vit_rpe.utils.checkpoint import uncompiled
 from vit_rpe.utils.errors import ConfigError
 
 NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "dist_token", "reg_token", "position_embeddings")
@@ -45,6 +46,7 @@ def param_groups(net: nn.Module, layer_decay: float | None = None) -> list[dict]
     is ``layer_decay ** (top layer - layer)``: the head 1, the last block ``layer_decay``, and so
     on down to the embeddings; without ``layer_decay`` the net is one layer at scale 1.
     """
+    net = uncompiled(net)  # the backbone's own names, which its no_weight_decay() and layer_id() know
     if layer_decay is None:
         num_layers, layer_id, layer_decay = 1, lambda name: 0, 1.0
     else:
