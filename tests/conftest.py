@@ -7,6 +7,7 @@ import os
 import struct
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -43,6 +44,14 @@ FAST = (
 # With these the FAST model learns in its few steps (no warmup, a high lr, mean pooling), so a tiny
 # run can assert a learning outcome; a patch size giving a 2x2 grid helps most.
 LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.net.pool=mean")
+
+
+def quiet_trainer(tmp_path: Path, **options) -> L.Trainer:
+    """A CPU Trainer that logs, checkpoints and prints nothing unless ``options`` say so."""
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return L.Trainer(accelerator="cpu", default_root_dir=tmp_path, **{**quiet, **options})
 
 
 def compose_config(config_name: str, overrides, output_dir: Path) -> DictConfig:

@@ -14,7 +14,7 @@ import timm
 import torch
 from transformers import AutoImageProcessor, ViTForImageClassification
 
-from tests.conftest import FAST
+from tests.conftest import FAST, quiet_trainer
 from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.data import DigitsDataModule
 from vit_rpe.models.pretrained import HFViT
@@ -79,18 +79,13 @@ def fit_tiny(hf_folder, tmp_path, finetune: dict, epochs: int = 2):
     data.apply_data_config(net.data_config)
     probe = GradientProbe()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=epochs,
         limit_train_batches=2,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[probe],
-        default_root_dir=tmp_path,
     )
     trainer.fit(task, datamodule=data)
     changed = {n for n, p in net.named_parameters() if not torch.equal(before[n], p)}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.conftest import quiet_trainer
 from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
@@ -89,15 +89,7 @@ def test_the_logged_lr_is_the_heads_under_layer_decay(tmp_path):
     torch.manual_seed(0)
     task = ImageClassifier(scratch_vit(), num_classes=3, optimizer=ADAMW, finetune={"layer_decay": 0.5})
     data = TensorDataset(torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,)))
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(task, DataLoader(data, batch_size=4))
     assert trainer.callback_metrics["train/lr"].item() == pytest.approx(0.1)  # not the embeddings' 0.0125
 
