@@ -108,6 +108,7 @@ class LastCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.fast_dev_run:  # debug=fdr checkpoints nothing
+            reduce_epoch_metrics(trainer)
             self.save(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -142,6 +143,20 @@ class LastCheckpoint(L.Callback):
             )
         self._restore_handler()
         raise SystemExit(status)
+
+
+def reduce_epoch_metrics(trainer: L.Trainer) -> None:
+    """Reduce the epoch's logged metrics across ranks now, on every rank, before a collective.
+
+    Lightning reduces them (a collective) when they are first read. A progress bar reads them on
+    rank 0 alone, in its ``on_train_epoch_end``; rank 0 then waits in that reduction, and the
+    next collective of the other ranks (a checkpoint's barrier, a metric sync) would meet it
+    with other tensors: gloo aborts ("Received data size doesn't match expected size") or NCCL
+    hangs. Every reader reduces all the metrics in the same order, so reading them here on every
+    rank meets rank 0's reduction; rank 0, already done, reads its results. (ModelCheckpoint and
+    EarlyStopping read them first too.)
+    """
+    _ = trainer.callback_metrics
 
 
 def derived_seed(*parts: int) -> int:
