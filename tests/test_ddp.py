@@ -172,3 +172,64 @@ def test_quickstart_under_ddp_sim_with_the_default_callbacks(tmp_path):
     assert written["epochs"] == 2 and written["seconds_per_epoch"] > 0 and written["train_images_per_sec"] > 0
     assert written["test/acc"] == metrics["test/acc"] > 0.5  # learnt (chance: 0.1)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
+
+
+class WeightSnapshots(L.Callback):
+    """Each rank saves the backbone's weights when training starts and after every epoch."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def save(self, trainer, pl_module, tag: str) -> None:
+        weights = {name: p.detach().clone() for name, p in pl_module.net.named_parameters()}
+        torch.save(weights, Path(self.dirpath) / f"{tag}-rank{trainer.global_rank}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.save(trainer, pl_module, "start")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.save(trainer, pl_module, f"epoch{trainer.current_epoch}")
+
+
+@pytest.mark.parametrize(
+    "finetune, frozen_epochs",
+    [
+        pytest.param(["model.finetune.mode=linear_probe"], (0, 1), id="linear_probe"),
+        pytest.param(["model.finetune.freeze_backbone_epochs=1"], (0,), id="freeze_backbone_epochs"),
+    ],
+)
+def test_frozen_backbone_under_ddp_sim(tmp_path, finetune, frozen_epochs):
+    """A backbone frozen after DDP wrapped the model: DDP's reducer waits for a gradient of every
+    parameter it was built with. While frozen, the backbone stays exactly as it was and the head
+    learns; unfrozen, every parameter trains; and the two ranks' replicas stay equal throughout."""
+    overrides = [
+        "trainer=ddp_sim",
+        *(o for o in FAST if not o.startswith(REPLACED)),
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "test=false",
+        *finetune,
+    ]
+    cfg = compose_config("train", overrides, tmp_path / "run")
+    with open_dict(cfg):
+        cfg.callbacks.snapshots = {"_target_": f"{__name__}.WeightSnapshots", "dirpath": str(tmp_path)}
+    train(cfg)
+
+    def weights(tag: str) -> dict[str, torch.Tensor]:
+        ranks = [torch.load(tmp_path / f"{tag}-rank{r}.pt", weights_only=True) for r in (0, 1)]
+        for name, value in ranks[0].items():
+            torch.testing.assert_close(ranks[1][name], value, rtol=0, atol=0, msg=f"{tag}: {name} differs")
+        return ranks[0]
+
+    before = weights("start")
+    head = {name for name in before if name.startswith("head.")}
+    assert head and len(head) < len(before)
+    for epoch in (0, 1):
+        after = weights(f"epoch{epoch}")
+        changed = {name for name in before if not torch.equal(before[name], after[name])}
+        assert head <= changed, f"epoch {epoch}: the head did not learn"
+        if epoch in frozen_epochs:
+            assert changed == head, f"epoch {epoch}: the frozen backbone changed ({sorted(changed - head)})"
+        else:
+            assert changed == set(before), f"epoch {epoch}: not trained: {sorted(set(before) - changed)}"
+        before = after

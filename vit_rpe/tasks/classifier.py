@@ -73,6 +73,7 @@ class ImageClassifier(L.LightningModule):
             # A pretrained backbone's architecture and preprocessing, as its source resolved them:
             # a checkpoint rebuilds it from these alone, with no download, and loads its own weights.
             self.hparams["net"] = {**storable["net"], "resolved_source": self.net.resolved_source()}
+        self.finetune.freeze(self.net)  # a linear probe's backbone, for good
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.make_optimizer = as_factory(plain["optimizer"])

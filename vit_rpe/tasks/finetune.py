@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import lightning as L
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from vit_rpe.utils.errors import ConfigError
 
@@ -50,10 +51,14 @@ class FineTuning:
             raise ConfigError(f"model.finetune has unknown keys {sorted(unknown)}")
         return cls(**(spec or {}))
 
-    def callbacks(self) -> list[L.Callback]:
+    def freeze(self, net: nn.Module) -> None:
+        """A linear probe's backbone is frozen when the task is built, before a strategy wraps the
+        model: DistributedDataParallel leaves its parameters out, and no gradient is computed."""
         if self.mode == "linear_probe":
-            return [FreezeBackbone(epochs=None)]
-        if self.freeze_backbone_epochs:
+            set_backbone_trainable(net, False)
+
+    def callbacks(self) -> list[L.Callback]:
+        if self.mode == "full" and self.freeze_backbone_epochs:
             return [FreezeBackbone(epochs=self.freeze_backbone_epochs)]
         return []
 
@@ -65,30 +70,45 @@ def head_of(net: nn.Module) -> nn.Module:
     return head
 
 
+def backbone_parameters(net: nn.Module) -> list[nn.Parameter]:
+    head = {id(p) for p in head_of(net).parameters()}
+    return [param for param in net.parameters() if id(param) not in head]
+
+
 def set_backbone_trainable(net: nn.Module, trainable: bool) -> None:
     """requires_grad on every parameter but the head's: a frozen backbone gets no gradient."""
-    head = {id(p) for p in head_of(net).parameters()}
-    for param in net.parameters():
-        if id(param) not in head:
-            param.requires_grad_(trainable)
+    for param in backbone_parameters(net):
+        param.requires_grad_(trainable)
 
 
 class FreezeBackbone(L.Callback):
-    """Train only the head for the first ``epochs`` epochs (None: for the whole run).
+    """Train only the head for the first ``epochs`` epochs, then every layer.
 
-    The optimizer is built before, with every parameter in it: frozen ones get no gradient, so
-    AdamW leaves them alone (no update, no weight decay), and unfreezing needs no new param
-    group. Deciding at each epoch start also makes a resumed run freeze or not as it should.
+    The optimizer holds every parameter from the start; a frozen one has no gradient at the
+    optimizer step, so AdamW leaves it alone (no update, no weight decay), and unfreezing needs no
+    new param group. Deciding at each epoch start also makes a resumed run freeze or not as it
+    should.
+
+    In one process a frozen backbone has ``requires_grad`` off: no gradient is computed for it.
+    Under DistributedDataParallel that cannot be: its reducer, built when the model was wrapped,
+    waits every step for a gradient of each parameter it holds, and a parameter it left out would
+    never be averaged across ranks once unfrozen. So the backbone keeps ``requires_grad`` and its
+    gradients, computed and all-reduced, are dropped before each optimizer step while it is frozen.
     """
 
-    def __init__(self, epochs: int | None = None):
+    def __init__(self, epochs: int):
         self.epochs = epochs
-
-    def frozen_at(self, epoch: int) -> bool:
-        return self.epochs is None or epoch < self.epochs
+        self.drop_backbone_grads = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        frozen = self.frozen_at(trainer.current_epoch)
-        set_backbone_trainable(pl_module.net, not frozen)
-        if self.epochs is not None and trainer.current_epoch == self.epochs:
+        frozen = trainer.current_epoch < self.epochs
+        under_ddp = isinstance(trainer.strategy.model, DistributedDataParallel)
+        set_backbone_trainable(pl_module.net, not frozen or under_ddp)  # under DDP: see above
+        self.drop_backbone_grads = frozen and under_ddp
+        if trainer.current_epoch == self.epochs:
             log.info("epoch %d: backbone unfrozen, training every layer", trainer.current_epoch)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if self.drop_backbone_grads:  # before gradient clipping, which then sees the head's only
+            for param in backbone_parameters(pl_module.net):
+                param.grad = None
