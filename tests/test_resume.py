@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import os
 import signal
 from pathlib import Path
@@ -15,6 +17,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from tests.conftest import FAST, compose_config
 from vit_rpe.callbacks import EXIT_SIGINT, EXIT_SIGTERM
+from vit_rpe.tasks.optim import warmup_cosine
 from vit_rpe.train import train
 from vit_rpe.utils.checkpoint import read_checkpoint
 
@@ -182,3 +185,88 @@ def test_resume_applies_overrides_and_refuses_group_switches(train_config, tmp_p
 
     with pytest.raises(ConfigError, match="drop model=vit"):
         train(compose_config("train", [f"resume_dir={run_dir}", "model=vit"], run_dir))
+
+
+# --- resuming with another trainer.max_epochs: the lr schedule is stretched, not restarted -----
+
+
+def cosine(progress: float, min_lr_ratio: float) -> float:
+    """The cosine's factor at ``progress`` (0 at the end of warmup, 1 at the end), by hand."""
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule(total_steps: int, saved: tuple | None = None):
+    """SGD at lr 1 on one parameter, with warmup_cosine (1 epoch of 2 steps warmup, min 0.1),
+    and the optimizer's and scheduler's saved states loaded, as Lightning restores them."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps, steps_per_epoch=2, warmup_epochs=1, min_lr_ratio=0.1)
+    if saved:
+        optimizer.load_state_dict(saved[0])
+        scheduler.load_state_dict(saved[1])
+    return scheduler
+
+
+def run_steps(scheduler, steps: int) -> list[float]:
+    """The lr of each of the next ``steps`` optimizer steps."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def saved(scheduler) -> tuple:
+    return scheduler.optimizer.state_dict(), scheduler.state_dict()
+
+
+def test_a_resumed_schedule_is_stretched_to_the_new_length():
+    """Planned for 10 steps, stopped after 6 (halfway down the cosine) and resumed for 20: the
+    cosine goes on from where it was, with its remaining half spread over the remaining 14 steps,
+    so the lr does not jump at the resume and reaches the minimum at step 20."""
+    first = schedule(10)
+    warmup = [1 / 3, 2 / 3]  # (step + 1) / (warmup steps + 1)
+    assert run_steps(first, 6) == pytest.approx(warmup + [cosine((s - 2) / 8, 0.1) for s in range(2, 6)])
+
+    resumed = schedule(20, saved(first))
+    halfway = (6 - 2) / 8
+    stretched = [cosine(halfway + (1 - halfway) * (s - 6) / (20 - 6), 0.1) for s in range(6, 21)]
+    assert stretched[0] == pytest.approx(cosine(halfway, 0.1))  # no jump: the lr step 6 had planned
+    assert run_steps(resumed, 6) == pytest.approx(stretched[:6])
+
+    # Resumed again with the same max_epochs, it keeps the stretched curve.
+    again = schedule(20, saved(resumed))
+    assert run_steps(again, 9) == pytest.approx(stretched[6:15]) == run_steps(resumed, 9)
+    assert again.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # step 20: the minimum
+
+
+def test_a_finished_schedule_resumed_for_longer_stays_at_the_minimum(caplog):
+    """A run that ended (its lr at the minimum) and is trained on: the extra steps keep the
+    minimum lr (no restart of the warmup and the cosine), and the log says so."""
+    finished = schedule(10)
+    run_steps(finished, 10)
+    with caplog.at_level(logging.WARNING):
+        resumed = schedule(16, saved(finished))
+    assert run_steps(resumed, 6) == pytest.approx([0.1] * 6)
+    assert "minimum" in caplog.text
+
+
+def test_resume_with_more_epochs_continues_the_lr_schedule(tmp_path):
+    """The whole run: 4 epochs of 3 steps planned (1 of warmup), killed at the start of epoch 2,
+    resumed with trainer.max_epochs=6. The lr of every step in the CSV log, by hand."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config("train", [*FAST, "trainer.max_epochs=4", "test=false"], run_dir)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_with(cfg, Crash(epoch=2))
+    resume_cfg = compose_config(
+        "train", [f"resume_dir={run_dir}", "trainer.max_epochs=6", "+callbacks.fault=null"], run_dir
+    )
+    train(resume_cfg)
+
+    lr, min_ratio = cfg.model.optimizer.lr, cfg.model.scheduler.min_lr_ratio
+    planned = [(s + 1) / 4 for s in range(3)] + [cosine((s - 3) / 9, min_ratio) for s in range(3, 6)]
+    at_resume = (6 - 3) / 9
+    stretched = [cosine(at_resume + (1 - at_resume) * (s - 6) / (18 - 6), min_ratio) for s in range(6, 18)]
+    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+    logged = [float(row["train/lr"]) for row in rows if row.get("train/lr")]
+    assert logged == pytest.approx([lr * f for f in planned + stretched], rel=1e-6)

@@ -8,16 +8,19 @@ of callable that factory is.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 
 from vit_rpe.utils.checkpoint import uncompiled
 from vit_rpe.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "dist_token", "reg_token", "position_embeddings")
 VIT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -105,7 +108,7 @@ def warmup_cosine(
     warmup_epochs: float = 0.0,
     warmup_steps: int | None = None,
     min_lr_ratio: float = 0.0,
-) -> LambdaLR:
+) -> WarmupCosine:
     """Linear warmup from ~0 to the base lr, then cosine decay to ``min_lr_ratio`` * base lr.
 
     Stepped once per optimizer step. Warmup is given in epochs (timm's habit) unless
@@ -114,12 +117,66 @@ def warmup_cosine(
     if warmup_steps is None:
         warmup_steps = round(warmup_epochs * steps_per_epoch)
     warmup_steps = min(max(int(warmup_steps), 0), max(total_steps - 1, 0))
-    decay_steps = max(total_steps - warmup_steps, 1)
+    return WarmupCosine(optimizer, total_steps, warmup_steps, min_lr_ratio)
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min((step - warmup_steps) / decay_steps, 1.0)
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return LambdaLR(optimizer, factor)
+class WarmupCosine(LRScheduler):
+    """The warmup-cosine schedule, which a run resumed with another length stretches.
+
+    The cosine runs from ``decay_start`` (the end of warmup) at ``start_progress`` (0: the top)
+    to ``total_steps`` at progress 1 (the minimum). A checkpoint holds these, so a resumed run
+    goes on with its own curve; resumed with another ``trainer.max_epochs`` (another total),
+    the rest of the cosine, from the progress reached, is spread over the steps that remain:
+    the lr does not jump at the resume and reaches the minimum at the new end. A run resumed
+    after its schedule ended stays at the minimum.
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float):
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.decay_start = warmup_steps
+        self.start_progress = 0.0
+        super().__init__(optimizer)
+
+    def progress(self, step: int) -> float:
+        """How far down the cosine ``step`` is, from 0 (top) to 1 (the minimum)."""
+        remaining = max(self.total_steps - self.decay_start, 1)
+        done = min(max(step - self.decay_start, 0) / remaining, 1.0)
+        return self.start_progress + (1.0 - self.start_progress) * done
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
+
+    def get_lr(self) -> list[float]:
+        return [base_lr * self.factor(self.last_epoch) for base_lr in self.base_lrs]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        total_steps = self.total_steps  # this run's length: the checkpoint's may differ
+        super().load_state_dict(state_dict)
+        if total_steps != self.total_steps:
+            self.stretch(total_steps)
+
+    def stretch(self, total_steps: int) -> None:
+        """Spread the rest of the cosine, from this step on, over ``total_steps``."""
+        step = self.last_epoch
+        if step > self.warmup_steps:
+            self.decay_start, self.start_progress = step, self.progress(step)
+        log.info(
+            "lr schedule: %d steps instead of %d; the cosine goes on from step %d to the minimum at step %d",
+            total_steps,
+            self.total_steps,
+            step,
+            total_steps,
+        )
+        if self.start_progress >= 1.0 and total_steps > step:
+            log.warning(
+                "this run had finished its lr schedule: the %d steps added train at the minimum lr "
+                "(min_lr_ratio=%s x lr)",
+                total_steps - step,
+                self.min_lr_ratio,
+            )
+        self.total_steps = total_steps
