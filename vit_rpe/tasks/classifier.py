@@ -94,6 +94,7 @@ class ImageClassifier(L.LightningModule):
         self.epoch_seconds: list[float] = []  # training time of each epoch, validation excluded
         self.epoch_images_per_sec: list[float] = []
         self._carried_states: dict | None = None  # metric totals from the checkpoint resumed
+        self._train_loader_state: dict | None = None  # and the training loader's position
 
     def configure_model(self) -> None:
         if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
@@ -103,6 +104,9 @@ class ImageClassifier(L.LightningModule):
         # Checkpoints store the plain backbone's names, compiled (model.compile=true) or not.
         checkpoint["state_dict"] = plain_names(checkpoint["state_dict"])
         checkpoint["metric_states"] = self.carried_states()
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "state_dict"):  # ResumableDataLoader: its position in the epoch
+            checkpoint["train_loader_state"] = loader.state_dict()
 
     def carried_metrics(self) -> dict[str, Metric]:
         """The running totals a resumed run continues: this epoch's training metrics (a checkpoint
@@ -138,8 +142,22 @@ class ImageClassifier(L.LightningModule):
                 for key, value in state.items():
                     setattr(metrics[name], key, value.to(self.device))
 
+    def restore_train_loader_state(self) -> None:
+        """Give the resumed training loader its saved position (mid-epoch: the next batch).
+
+        Lightning does it only when it builds the loader after restoring the checkpoint, and
+        ``estimated_stepping_batches`` in configure_optimizers builds it before (Lightning issue
+        #20550), so the task keeps its own copy of the position and hands it over at train start.
+        Loading it twice (should Lightning do it too) is harmless: the state is the same.
+        """
+        state, self._train_loader_state = self._train_loader_state, None
+        loader = self.trainer.train_dataloader
+        if state is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(state)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._carried_states = checkpoint.get("metric_states")
+        self._train_loader_state = checkpoint.get("train_loader_state")
         checkpoint["state_dict"] = renamed_for(self, checkpoint["state_dict"])  # e.g. resuming a compiled run
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -176,10 +194,7 @@ class ImageClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         # Sanity-check batches must not count towards the best validation accuracy.
         self.val_acc_best.reset()
-        # Lightning hands a resumed training loader its saved position (mid-epoch) only when it
-        # builds the loader after restoring the checkpoint; estimated_stepping_batches in
-        # configure_optimizers builds it before. Hand it over now, before the first batch.
-        self.trainer.fit_loop._load_combined_loader_states()
+        self.restore_train_loader_state()  # before the first batch
         self.restore_carried_states()
         # A run resumed mid-epoch times (and counts the images of) the rest of the epoch.
         self._epoch_start = time.perf_counter()
