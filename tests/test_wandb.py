@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.test_sweep import SWEEP_FAST, run_train_main
-from vit_rpe import loggers
+from vit_rpe.callbacks import predictions
 from vit_rpe.loggers import choose_wandb_mode, has_wandb_api_key
 from vit_rpe.train import train
 from vit_rpe.utils.run import run_job
@@ -160,14 +160,14 @@ def test_multirun_jobs_are_separate_runs_grouped_by_sweep(no_wandb_credentials, 
 
 def test_test_predictions_use_the_test_step_logits(monkeypatch):
     """The callback reads the logits test_step returns; it runs the model itself only without them."""
-    monkeypatch.setattr(loggers, "wandb_loggers", lambda trainer: ["a wandb logger"])
+    monkeypatch.setattr(predictions, "wandb_loggers", lambda trainer: ["a wandb logger"])
     calls = []
 
     def model(images):
         calls.append(images.shape[0])
         return torch.zeros(images.shape[0], 3)
 
-    callback = loggers.WandbTestPredictions(num_samples=2)
+    callback = predictions.WandbTestPredictions(num_samples=2)
     images, targets = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
     logits = torch.eye(3)[[0, 1, 2, 2]] * 5
     callback.on_test_batch_end(None, model, {"logits": logits}, (images, targets), 0)

@@ -133,14 +133,25 @@ def record_failure(err: BaseException, output_dir: Path) -> str:
     return summary
 
 
+def finish_wandb(exit_code: int = 0) -> None:
+    """Finish the active W&B run, if any; print how to upload it when it ran offline."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return
+    offline = bool(getattr(run.settings, "_offline", False))
+    run_dir = Path(run.dir).parent  # <save_dir>/wandb/offline-run-<time>-<id>
+    run.finish(exit_code=exit_code)
+    if offline:
+        log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
+
+
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``job`` as an entry point does; a W&B run never outlives its job.
 
     A single run stops on errors (a user error exits 1 cleanly). A sweep job (``-m``) records its
     failure in its own directory and returns None, so the other jobs of the sweep still run.
     """
-    from vit_rpe.loggers import finish_wandb  # here: importing it loads lightning
-
     multirun = in_multirun()
     try:
         result = job(cfg) if multirun else exit_on_user_error(job, cfg)

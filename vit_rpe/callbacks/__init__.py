@@ -1,0 +1,16 @@
+"""Every Lightning callback of vit_rpe, one module per concern.
+
+- ``safety``: a run is safe to stop and to resume (``NonFiniteLossGuard``, ``LastCheckpoint``,
+  ``StepSeed``): the default callbacks (conf/callbacks/default.yaml).
+- ``freeze``: a backbone trained head-first (``FreezeBackbone``, from ``model.finetune``).
+- ``predictions``: W&B's confusion matrix and sample predictions at test end
+  (``WandbTestPredictions``, with ``logger=wandb``).
+
+Configs name them by their short path (``vit_rpe.callbacks.LastCheckpoint``).
+"""
+
+from vit_rpe.callbacks.freeze import FreezeBackbone
+from vit_rpe.callbacks.predictions import WandbTestPredictions
+from vit_rpe.callbacks.safety import LastCheckpoint, NonFiniteLossGuard, StepSeed
+
+__all__ = ["FreezeBackbone", "LastCheckpoint", "NonFiniteLossGuard", "StepSeed", "WandbTestPredictions"]
