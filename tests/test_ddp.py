@@ -137,9 +137,9 @@ class CollectiveLog(L.Callback):
 def test_quickstart_under_ddp_sim_with_the_default_callbacks(tmp_path):
     """``experiment=quickstart trainer=ddp_sim`` as a user runs it, at a tiny model size: the real
     digits splits (1,258 training images: 629 per rank, the last batch of 21; a test split of 269
-    that the sampler pads to 135 per rank), the resumable loader, a sanity check, and every default
-    callback, the rich progress bar too: it reduces the epoch's metrics on rank 0 alone (a
-    collective) at the end of each training epoch, where last.ckpt is saved (collectives too).
+    that the sampler pads to 135 per rank), the resumable loader, a sanity check, every default
+    callback and early stopping. The rich progress bar reduces the epoch's metrics on rank 0 alone
+    (a collective) at the end of each training epoch, where last.ckpt is saved (collectives too).
 
     Every collective must agree in order, dtype and shape on both ranks; the run trains, tests
     and writes metrics.json with its epochs and times."""
@@ -149,6 +149,7 @@ def test_quickstart_under_ddp_sim_with_the_default_callbacks(tmp_path):
         [
             "experiment=quickstart",
             "trainer=ddp_sim",
+            "callbacks=early_stopping",  # the default callbacks and early stopping (a reduction)
             "trainer.max_epochs=2",
             # tiny, and quick to learn: 4 patches of 4x4 pixels
             "model.net.patch_size=4",
