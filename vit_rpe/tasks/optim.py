@@ -165,18 +165,21 @@ class WarmupCosine(LRScheduler):
         step = self.last_epoch
         if step > self.warmup_steps:
             self.decay_start, self.start_progress = step, self.progress(step)
-        log.info(
-            "lr schedule: %d steps instead of %d; the cosine goes on from step %d to the minimum at step %d",
-            total_steps,
-            self.total_steps,
-            step,
-            total_steps,
-        )
-        if self.start_progress >= 1.0 and total_steps > step:
+        if self.start_progress >= 1.0:
             log.warning(
-                "this run had finished its lr schedule: the %d steps added train at the minimum lr "
-                "(min_lr_ratio=%s x lr)",
+                "this run had finished its lr schedule (%d steps): the %d steps added train at the "
+                "minimum lr (min_lr_ratio=%s x lr)",
+                self.total_steps,
                 total_steps - step,
                 self.min_lr_ratio,
+            )
+        else:
+            log.info(
+                "lr schedule: %d steps instead of %d; the rest of the cosine goes from step %d to the "
+                "minimum at step %d",
+                total_steps,
+                self.total_steps,
+                step,
+                total_steps,
             )
         self.total_steps = total_steps
