@@ -1,10 +1,12 @@
-"""Data-parallel training (``trainer=ddp_sim``: 2 CPU processes over gloo) equals one process.
+"""Data-parallel training (``trainer=ddp_sim``: 2 CPU processes over gloo).
 
-With a global batch split across 2 ranks, DistributedSampler hands the ranks the same examples a
-single process with twice the batch size sees (same seed, same epoch order), and DDP averages the
-gradients, so without per-rank randomness (no drop path, no augmentation) the two runs take the
-same steps up to float summation order. Validation is sharded the same way and the accuracy
-metric is synced across ranks.
+- It equals one process: with a global batch split across 2 ranks, DistributedSampler hands the
+  ranks the same examples a single process with twice the batch size sees (same seed, same epoch
+  order), and DDP averages the gradients, so without per-rank randomness (no drop path, no
+  augmentation) the two runs take the same steps up to float summation order. Validation is
+  sharded the same way and the accuracy metric is synced across ranks.
+- The quickstart, as a user runs it, trains and tests with every rank running the same collectives.
+- A backbone frozen for the whole run or its first epochs stays frozen, and the ranks agree.
 """
 
 from __future__ import annotations
