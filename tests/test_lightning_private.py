@@ -14,6 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers.logger import Logger
 
 import vit_rpe
+from tests.conftest import quiet_trainer
 
 PACKAGE = Path(vit_rpe.__file__).parent
 LIGHTNING_OBJECTS = ("trainer", "loop", "strategy", "pl_module", "lightning_module")
@@ -112,18 +113,14 @@ def test_update_train_step_metrics_logs_the_batch_that_ends(tmp_path):
     call = "Trainer._logger_connector.update_train_step_metrics()"
     logger = RecordingLogger()
     probe = LogStepMetricsAtBatchEnd(logger)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=1,
         limit_train_batches=3,
         limit_val_batches=0,
         log_every_n_steps=1,
         logger=logger,
         callbacks=[probe],
-        accelerator="cpu",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
     )
     update = getattr(getattr(trainer, "_logger_connector", None), "update_train_step_metrics", None)
     assert callable(update), (
