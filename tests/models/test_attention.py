@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models import attention as attention_module
+from vit_rpe.models import fused as fused_module
 from vit_rpe.models.attention import PerformerAttention, build_kernel, default_nb_features
 from vit_rpe.models.rpe import build_rpe
 
@@ -109,7 +110,7 @@ def test_softmax_with_rpe_is_masked_softmax(family, distance, prefix):
 def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch):
     """The CPU path (flash forward, chunked backward) against autograd through the explicit
     softmax: the output and the gradients of q, k, v and every mask parameter."""
-    monkeypatch.setattr(attention_module, "SCORES_CHUNK", 1)  # one batch element per chunk
+    monkeypatch.setattr(fused_module, "SCORES_CHUNK", 1)  # one batch element per chunk
     rpe = perturbed_rpe(family, "l1", prefix)
     kernel = build_kernel("softmax", 8).train()
     inputs = qkv(2, rpe.num_tokens, batch=3)
@@ -135,8 +136,6 @@ def test_rpe_attention_never_holds_batch_by_heads_scores(name, monkeypatch):
     SDPA's math path for a learned mask, autograd through (M * fq fk^T) v1."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from vit_rpe.models import rpe as rpe_module
-
     class LargestOutput(TorchDispatchMode):
         largest = 0
 
@@ -151,14 +150,14 @@ def test_rpe_attention_never_holds_batch_by_heads_scores(name, monkeypatch):
     rpe = perturbed_rpe("general", "l1", 1, heads=heads, dtype=torch.float32)
     rpe.impl = "quadratic"
     tokens = rpe.num_tokens
-    monkeypatch.setattr(attention_module, "SCORES_CHUNK", heads * tokens * tokens)
+    monkeypatch.setattr(fused_module, "SCORES_CHUNK", heads * tokens * tokens)
     kernel = build_kernel(name, 8).train()
     sizes = {}
     for path in ("chunked", "straightforward"):
         if path == "straightforward":
-            monkeypatch.setattr(attention_module, "cpu_flash_attention", None)
+            monkeypatch.setattr(fused_module, "cpu_flash_attention", None)
             monkeypatch.setattr(
-                rpe_module.MaskedKernelMatrix, "apply", lambda fq, fk, v1, m: (m * (fq @ fk.mT)) @ v1
+                fused_module.MaskedKernelMatrix, "apply", lambda fq, fk, v1, m: (m * (fq @ fk.mT)) @ v1
             )
         q, k, v = (x.requires_grad_(True) for x in qkv(heads, tokens, dtype=torch.float32, batch=batch))
         with LargestOutput() as mode:

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vit_rpe.bench import attention as bench_attention
 from vit_rpe.bench.common import multiply_adds
-from vit_rpe.models.rpe import tiled_exp_attend
+from vit_rpe.models.kron import tiled_exp_attend
 
 
 def flops(fn, *args) -> int:
@@ -27,7 +27,7 @@ def test_kron_floor_is_four_state_products_per_token_and_branch(grid, branches):
     b, h, m, e = 2, 3, 6, 5
     n = grid[0] * grid[1]
     fq, fk, v1 = torch.rand(b, h, 1 + n, m), torch.rand(b, h, 1 + n, m), torch.rand(b, h, 1 + n, e)
-    floor = flops(bench_attention.KronFloor(grid).attend, fq, fk, v1)
+    floor = flops(bench_attention.KronFloor(grid).masked_kernel_matmul, fq, fk, v1)
     cls_terms = b * h * 2 * m * e * (n + 2)  # fk^T v1 over every token, then the cls query
     assert floor == branches * 8 * b * h * n * m * e + cls_terms
     if branches:

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from vit_rpe.models import attention as attention_module
-from vit_rpe.models.rpe import AUTO_FFT_MIN_TOKENS, AUTO_KRON_MIN_TOKENS, build_rpe, fft_size
+from vit_rpe.models import fused as fused_module
+from vit_rpe.models.products import fft_size
+from vit_rpe.models.rpe import AUTO_FFT_MIN_TOKENS, AUTO_KRON_MIN_TOKENS, build_rpe
 
 GRID = (7, 9)  # non-square on purpose
 CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
@@ -91,7 +93,7 @@ def test_every_impl_equals_dense_matmul(family, distance, prefix, dtype, tol):
     reference = torch.matmul(brute_force_mask(rpe).to(dtype), z)
     scale = reference.abs().max()
     for impl in impls_of(rpe):
-        out = rpe(z, impl)
+        out = rpe.matmul(z, impl)
         assert out.dtype == dtype
         err = ((out - reference).abs().max() / scale).item()
         assert err < tol, (impl, err)
@@ -142,7 +144,28 @@ def test_masks_start_near_one_and_stay_positive(family, distance):
         assert (rpe.mask_offsets() > 0).all()
         z = torch.rand(1, 4, rpe.num_tokens, 3)  # positive features -> positive denominators
         for impl in impls_of(rpe):
-            assert (rpe(z, impl) > 0).all(), impl
+            assert (rpe.matmul(z, impl) > 0).all(), impl
+
+
+class Matmul(nn.Module):
+    """z -> rpe.matmul(z, impl) as a module, so that functional_call can swap the mask's parameters."""
+
+    def __init__(self, rpe, impl):
+        super().__init__()
+        self.rpe, self.impl = rpe, impl
+
+    def forward(self, z):
+        return self.rpe.matmul(z, self.impl)
+
+
+def gradcheck_matmul(rpe, impl, z) -> bool:
+    """gradcheck of M @ z in z and in every parameter of the mask."""
+    product = Matmul(rpe, impl)
+    names = [n for n, _ in product.named_parameters()]
+    values = [p.detach().clone().requires_grad_(True) for _, p in product.named_parameters()]
+    return torch.autograd.gradcheck(
+        lambda z, *v: torch.func.functional_call(product, dict(zip(names, v)), (z,)), (z, *values)
+    )
 
 
 @pytest.mark.parametrize("impl", ["kron", "fft"])
@@ -151,21 +174,13 @@ def test_gradcheck_through_products_and_mask_parameters(impl, prefix):
     family = "exp" if impl == "kron" else "poly"
     rpe = perturbed(family, "l1", prefix, grid=(3, 4) if impl == "kron" else (2, 3), heads=2)
     z = torch.randn(1, 2, rpe.num_tokens, 2, dtype=torch.float64, requires_grad=True)
-    names = [n for n, _ in rpe.named_parameters()]
-    values = [p.detach().clone().requires_grad_(True) for _, p in rpe.named_parameters()]
-    assert torch.autograd.gradcheck(
-        lambda z, *v: torch.func.functional_call(rpe, dict(zip(names, v)), (z, impl)), (z, *values)
-    )
+    assert gradcheck_matmul(rpe, impl, z)
 
 
 def test_gradcheck_general_fft():
     rpe = perturbed("general", "l2", 1, grid=(2, 3), heads=1)
     z = torch.randn(1, 1, rpe.num_tokens, 2, dtype=torch.float64, requires_grad=True)
-    names = [n for n, _ in rpe.named_parameters()]
-    values = [p.detach().clone().requires_grad_(True) for _, p in rpe.named_parameters()]
-    assert torch.autograd.gradcheck(
-        lambda z, *v: torch.func.functional_call(rpe, dict(zip(names, v)), (z, "fft")), (z, *values)
-    )
+    assert gradcheck_matmul(rpe, "fft", z)
 
 
 def test_fft_size_is_smooth_and_large_enough():
@@ -179,7 +194,7 @@ def test_fft_size_is_smooth_and_large_enough():
         assert m == 1
 
 
-def brute_force_attend(rpe, fq, fk, v1):
+def brute_force_masked_kernel_matmul(rpe, fq, fk, v1):
     """sum_j M_ij (fq_i . fk_j) v1_j with the L x L mask written out."""
     return ((fq @ fk.transpose(-2, -1)) * brute_force_mask(rpe).to(fq.dtype)) @ v1
 
@@ -189,7 +204,7 @@ def brute_force_attend(rpe, fq, fk, v1):
 @pytest.mark.parametrize(
     "grid,tile", [((7, 9), 8), ((7, 9), 2), ((7, 9), 3), ((5, 4), 1), ((2, 11), 4), ((8, 8), 4)]
 )
-def test_tiled_kron_attend_equals_brute_force(grid, tile, prefix, dtype, tol):
+def test_tiled_kron_equals_brute_force(grid, tile, prefix, dtype, tol):
     """Tiles that divide the grid or not (zero padding), one tile row or column, 1-token tiles:
     every kind of key (same tile, same tile row, same tile column, elsewhere) is reached."""
     rpe = perturbed("exp", "l1", prefix, grid=grid, dtype=dtype, impl="kron")
@@ -197,17 +212,17 @@ def test_tiled_kron_attend_equals_brute_force(grid, tile, prefix, dtype, tol):
     g = torch.Generator().manual_seed(0)
     fq, fk = (torch.rand(2, 3, rpe.num_tokens, 6, generator=g, dtype=dtype) for _ in range(2))
     v1 = torch.randn(2, 3, rpe.num_tokens, 5, generator=g, dtype=dtype)
-    expected = brute_force_attend(rpe, fq.double(), fk.double(), v1.double())
-    err = (rpe.attend(fq, fk, v1).double() - expected).abs().max() / expected.abs().max()
+    expected = brute_force_masked_kernel_matmul(rpe, fq.double(), fk.double(), v1.double())
+    err = (rpe.masked_kernel_matmul(fq, fk, v1).double() - expected).abs().max() / expected.abs().max()
     assert err.item() < tol
 
 
 @pytest.mark.parametrize("impl", ["kron", "quadratic"])
 @pytest.mark.parametrize("prefix", [0, 1])
-def test_attend_gradients_equal_dense(prefix, impl, monkeypatch):
+def test_masked_kernel_matmul_gradients_equal_dense(prefix, impl, monkeypatch):
     """Gradients of fq, fk, v1 and of the mask parameters (the rate, the cls logit); quadratic
     one batch element at a time."""
-    monkeypatch.setattr(attention_module, "SCORES_CHUNK", 1)
+    monkeypatch.setattr(fused_module, "SCORES_CHUNK", 1)
     rpe = perturbed("exp", "l1", prefix, grid=(5, 7), heads=2, impl="kron")
     rpe.kron_tile = 2
     g = torch.Generator().manual_seed(1)
@@ -217,7 +232,7 @@ def test_attend_gradients_equal_dense(prefix, impl, monkeypatch):
         rpe.impl = name
         rpe.zero_grad(set_to_none=True)
         leaves = [x.clone().requires_grad_(True) for x in inputs]
-        (rpe.attend(*leaves) * torch.linspace(-1, 1, 3, dtype=torch.float64)).sum().backward()
+        (rpe.masked_kernel_matmul(*leaves) * torch.linspace(-1, 1, 3, dtype=torch.float64)).sum().backward()
         grads[name] = [x.grad for x in leaves] + [p.grad for p in rpe.parameters()]
     assert len(grads[impl]) == 3 + 1 + prefix
     for got, dense in zip(grads[impl], grads["dense"]):

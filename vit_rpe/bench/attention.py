@@ -33,7 +33,8 @@ from vit_rpe.bench.common import (
     write_json,
 )
 from vit_rpe.models.attention import build_kernel
-from vit_rpe.models.rpe import KRON_TILE, build_rpe
+from vit_rpe.models.kron import KRON_TILE
+from vit_rpe.models.rpe import build_rpe
 
 CASES = [
     ("softmax", "none", "-"),
@@ -73,7 +74,7 @@ class KronFloor(nn.Module):
         self.grid_size = grid_size
         self.tile = min(tile, *grid_size)
 
-    def attend(self, fq: torch.Tensor, fk: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    def masked_kernel_matmul(self, fq: torch.Tensor, fk: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         hg, wg = self.grid_size
         p = fq.shape[2] - hg * wg
         e, t = v1.shape[-1], self.tile

@@ -17,8 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from vit_rpe.models import fused
+from vit_rpe.models.fused import LearnedBiasAttention
 from vit_rpe.utils.errors import ConfigError
 
 try:  # fused on-the-fly bias for CUDA; CPU flex attention has no backward, so SDPA is used there
@@ -26,22 +27,8 @@ try:  # fused on-the-fly bias for CUDA; CPU flex attention has no backward, so S
 except ImportError:  # pragma: no cover - older torch
     flex_attention = None
 
-try:  # the CPU flash kernel behind SDPA, which takes an additive mask (but gives it no gradient)
-    cpu_flash_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-except (AttributeError, RuntimeError):  # pragma: no cover - older torch
-    cpu_flash_attention = None
-
 EPS = 1e-6
-# Elements of [b, H, Lq, Lk] attention scores held at once (64 MiB in fp32) where they are
-# recomputed in chunks of whole batch elements: LearnedBiasAttention, MaskedKernelMatrix (rpe.py).
-SCORES_CHUNK = 2**24
 _compiled_flex = None
-
-
-def batch_chunks(batch: int, scores_per_item: int):
-    """Slices of the batch whose scores hold at most SCORES_CHUNK elements (one item at least)."""
-    step = max(1, SCORES_CHUNK // scores_per_item)
-    return [slice(start, start + step) for start in range(0, batch, step)]
 
 
 def _flex(*args, **kwargs):
@@ -74,7 +61,7 @@ class SoftmaxAttention(nn.Module):
         if q.is_cuda and flex_attention is not None and self.use_flex and drop == 0.0:
             return _flex(q, k, v, score_mod=rpe_score_mod(rpe))
         bias = rpe.log_mask().to(q.dtype)  # [H, L, L]
-        if q.device.type == "cpu" and cpu_flash_attention is not None and drop == 0.0:
+        if q.device.type == "cpu" and fused.cpu_flash_attention is not None and drop == 0.0:
             return LearnedBiasAttention.apply(q, k, v, bias, self.scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
 
@@ -83,47 +70,6 @@ class SoftmaxAttention(nn.Module):
         if rpe is not None:
             scores = scores + rpe.log_mask().float()
         return scores.softmax(-1)
-
-
-class LearnedBiasAttention(torch.autograd.Function):
-    """softmax(q k^T * scale + bias) v on CPU, with the gradient of a learned bias [H, Lq, Lk].
-
-    SDPA falls back to its math path whenever the mask needs a gradient, and holds the
-    B x H x Lq x Lk probabilities for the backward. Here the forward is the fused flash kernel,
-    which keeps only the output and the log-sum-exp; the backward recomputes the probabilities
-    P = exp(s - lse) a few batch elements at a time (``SCORES_CHUNK``) and forms
-    dS = P * (dO V^T - rowsum(dO * O)), which gives dq = dS k scale, dk = dS^T q scale,
-    dv = P^T dO and dbias = sum over the batch of dS. Half precision is recomputed in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, scale):
-        out, lse = cpu_flash_attention(q, k, v, attn_mask=bias[None], scale=scale)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, bias, out, lse = ctx.saved_tensors
-        compute = torch.promote_types(q.dtype, torch.float32)
-        b, h, lq, _ = q.shape
-        rowdot = (grad_out.to(compute) * out.to(compute)).sum(-1, keepdim=True)  # [B, H, Lq, 1]
-        bias_c = bias.to(compute)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dbias = torch.zeros_like(bias_c) if ctx.needs_input_grad[3] else None
-        for rows in batch_chunks(b, h * lq * k.shape[2]):
-            qc, kc, vc, gc = (x[rows].to(compute) for x in (q, k, v, grad_out))
-            p = (qc @ kc.transpose(-2, -1)).mul_(ctx.scale).add_(bias_c)
-            p = p.sub_(lse[rows].to(compute)[..., None]).exp_()  # [b, H, Lq, Lk]
-            dv[rows] = p.transpose(-2, -1) @ gc
-            ds = p.mul_((gc @ vc.transpose(-2, -1)).sub_(rowdot[rows]))
-            if dbias is not None:
-                dbias += ds.sum(0)
-            dq[rows] = (ds @ kc).mul_(ctx.scale)
-            dk[rows] = (ds.transpose(-2, -1) @ qc).mul_(ctx.scale)
-        return dq, dk, dv, None if dbias is None else dbias.to(bias.dtype), None
 
 
 def rpe_score_mod(rpe: nn.Module):
@@ -151,7 +97,7 @@ class FeatureMapAttention(nn.Module):
     """Linear attention with positive features phi: out_i = phi(q_i).D_i / phi(q_i).d_i.
 
     Without a mask D and d are global sums (O(L m d)); with a mask D = M Z, and the mask's
-    ``attend`` computes phi(q_i).D_i (quadratic / dense / kron / fft, rpe.py). The feature math
+    ``masked_kernel_matmul`` computes phi(q_i).D_i (quadratic / dense / kron / fft, rpe.py). The feature math
     runs in fp32 outside autocast and denominators are clamped at ``eps``, so half-precision
     training stays finite.
     """
@@ -181,7 +127,7 @@ class FeatureMapAttention(nn.Module):
                 den = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)  # [B, H, L, 1]
             else:
                 v1 = F.pad(v, (0, 1), value=1.0)  # [B, H, L, d+1]
-                out = rpe.attend(fq, fk, v1)  # [B, H, L, d+1]: sum_m phi(q_i)_m (M Z)_i,m
+                out = rpe.masked_kernel_matmul(fq, fk, v1)  # [B, H, L, d+1]: sum_m phi(q_i)_m (M Z)_i,m
                 num, den = out[..., :-1], out[..., -1:]
             out = num / den.clamp_min(self.eps)
         return out.to(dtype)
