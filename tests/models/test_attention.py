@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -127,6 +128,70 @@ def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch)
         results.append([out, q.grad, k.grad, v.grad] + [p.grad for p in rpe.parameters()])
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture
+def flex_on_cpu(monkeypatch):
+    """Softmax attention with a mask takes the flex path on the CPU too (forward only: CPU flex
+    attention has no backward), compiled afresh."""
+    monkeypatch.setattr(attention_module, "FLEX_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(attention_module, "_compiled_flex", None)
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_flex_attention_compiles_once_for_every_batch_size(flex_on_cpu, monkeypatch):
+    """A new batch size (the last partial batch, evaluation) reuses the compiled kernels. The first
+    batch equals the number of heads on purpose: shapes that share a size must not pin the batch.
+    Recompiles are dynamo's decision, so the eager backend stands in for inductor's minutes of
+    code generation (the slow test below compiles with inductor)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(attention_module, "FLEX_BACKEND", "eager")
+    rpe = perturbed_rpe("general", "l1", 1, dtype=torch.float32, grid=(3, 5))
+    kernel = build_kernel("softmax", 8).eval()
+    counters.clear()
+    for batch in (2, 3, 5, 3):
+        q, k, v = qkv(2, rpe.num_tokens, dtype=torch.float32, batch=batch)
+        with torch.no_grad():
+            out = kernel(q, k, v, rpe)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=rpe.log_mask())
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_softmax_rpe_falls_back_to_the_fused_path_when_flex_fails(flex_on_cpu, monkeypatch):
+    """A compile failure (here: no Triton) warns once, and the layer computes the same outputs
+    and gradients by the fused path; flex attention is not tried again."""
+    calls = []
+
+    def flex_without_triton(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Cannot find a working triton installation.\nMore details follow")
+
+    monkeypatch.setattr(attention_module, "flex_attention", flex_without_triton)
+    monkeypatch.setattr(attention_module, "FLEX_BACKEND", "eager")
+    rpe = perturbed_rpe("exp", "l1", 1)
+    kernel = build_kernel("softmax", 8).train()
+    inputs = qkv(2, rpe.num_tokens, batch=3)
+    results = []
+    for explicit in (False, True):
+        rpe.zero_grad(set_to_none=True)
+        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
+        if explicit:
+            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + rpe.log_mask(), -1) @ v
+        else:
+            with pytest.warns(UserWarning, match="flex attention failed .*triton installation"):
+                out = kernel(q, k, v, rpe)
+        out.sum().backward()
+        results.append([out, q.grad, k.grad, v.grad] + [p.grad for p in rpe.parameters()])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel(*inputs, rpe)
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("name", ["softmax", "performer", "linear"])
@@ -349,16 +414,22 @@ def test_every_model_and_rpe_learns_digits(attention, rpe):
 @pytest.mark.slow
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("prefix", [0, 1])
-def test_flex_score_mod_adds_log_mask(prefix, compiled):
-    """The CUDA path's score_mod, run by flex attention's eager CPU reference and compiled by
-    inductor for the CPU (forward only: CPU flex attention has no backward)."""
-    flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    from vit_rpe.models.attention import rpe_score_mod
+def test_flex_score_mod_adds_log_mask(prefix, compiled, flex_on_cpu):
+    """The CUDA path's score_mod, run by flex attention's eager CPU reference, and through the layer
+    compiled by inductor for the CPU (forward only: CPU flex attention has no backward), once for
+    two batch sizes."""
+    from torch._dynamo.utils import counters
+
+    from vit_rpe.models.attention import flex_attention, rpe_score_mod
 
     rpe = perturbed_rpe("general", "l1", prefix, dtype=torch.float32, grid=(3, 5))
-    q, k, v = qkv(2, rpe.num_tokens, dtype=torch.float32)
-    run = torch.compile(flex.flex_attention, dynamic=False) if compiled else flex.flex_attention
-    with torch.no_grad():
-        out = run(q, k, v, score_mod=rpe_score_mod(rpe))
-        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=rpe.log_mask())
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    kernel = build_kernel("softmax", 8).eval()
+    counters.clear()
+    for batch in (2, 3):
+        q, k, v = qkv(2, rpe.num_tokens, dtype=torch.float32, batch=batch)
+        with torch.no_grad():
+            out = kernel(q, k, v, rpe) if compiled else flex_attention(q, k, v, score_mod=rpe_score_mod(rpe))
+            expected = F.scaled_dot_product_attention(q, k, v, attn_mask=rpe.log_mask())
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if compiled:
+        assert counters["stats"]["unique_graphs"] == 1

@@ -13,29 +13,53 @@ Z_j = phi(k_j) (x) [v_j, 1] and read numerator and the row-specific denominator 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import flex_attention
 
 from vit_rpe.models import fused
 from vit_rpe.models.fused import LearnedBiasAttention
 from vit_rpe.utils.errors import ConfigError
 
-try:  # fused on-the-fly bias for CUDA; CPU flex attention has no backward, so SDPA is used there
-    from torch.nn.attention.flex_attention import flex_attention
-except ImportError:  # pragma: no cover - older torch
-    flex_attention = None
-
 EPS = 1e-6
-_compiled_flex = None
+# Devices whose softmax attention with a mask runs flex attention (CPU flex attention has no
+# backward), and the compiler backend that builds its kernels.
+FLEX_DEVICES = ("cuda",)
+FLEX_BACKEND = "inductor"
+_compiled_flex = None  # flex_attention, compiled on first use; False once that failed
 
 
-def _flex(*args, **kwargs):
+def flex_attention_or_none(q, k, v, score_mod) -> torch.Tensor | None:
+    """flex_attention(q, k, v, score_mod), or None where it cannot run here.
+
+    Compiled once with a dynamic batch size (a new batch size, such as the last partial batch,
+    reuses the kernels; only a batch of one compiles again). If compiling or running it fails
+    (no Triton, an unsupported GPU), a warning says why and the caller's fused path takes over for
+    the rest of the process.
+    """
     global _compiled_flex
+    if _compiled_flex is False:
+        return None
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(*args, **kwargs)
+        _compiled_flex = torch.compile(flex_attention, backend=FLEX_BACKEND)
+    for x in (q, k, v):
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+    try:
+        return _compiled_flex(q, k, v, score_mod=score_mod)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # whatever the compiler raises: the fused path computes the same
+        _compiled_flex = False
+        first_line = str(err).strip().split("\n", 1)[0][:200]
+        warnings.warn(
+            f"flex attention failed ({type(err).__name__}: {first_line}); softmax attention with an "
+            "RPE mask uses the dense [H, L, L] log-mask instead from now on",
+            stacklevel=3,
+        )
+        return None
 
 
 class SoftmaxAttention(nn.Module):
@@ -44,8 +68,8 @@ class SoftmaxAttention(nn.Module):
     Without a mask: PyTorch's fused scaled_dot_product_attention. With one: on CUDA, flex
     attention with a score_mod that looks the bias up from the [H, 2Hg-1, 2Wg-1] offset table
     (nothing L x L is stored); on CPU, ``LearnedBiasAttention`` (the fused flash kernel with log M
-    as an additive [H, L, L] mask, broadcast over the batch); elsewhere, and with attention
-    dropout, SDPA with that mask.
+    as an additive [H, L, L] mask, broadcast over the batch); elsewhere, with attention dropout,
+    and where flex attention fails, SDPA with that mask.
     """
 
     def __init__(self, head_dim: int, attn_drop: float = 0.0, use_flex: bool = True):
@@ -58,8 +82,10 @@ class SoftmaxAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         if rpe is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        if q.is_cuda and flex_attention is not None and self.use_flex and drop == 0.0:
-            return _flex(q, k, v, score_mod=rpe_score_mod(rpe))
+        if self.use_flex and drop == 0.0 and q.device.type in FLEX_DEVICES:
+            out = flex_attention_or_none(q, k, v, rpe_score_mod(rpe))
+            if out is not None:
+                return out
         bias = rpe.log_mask().to(q.dtype)  # [H, L, L]
         if q.device.type == "cpu" and fused.cpu_flash_attention is not None and drop == 0.0:
             return LearnedBiasAttention.apply(q, k, v, bias, self.scale)
