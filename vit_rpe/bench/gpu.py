@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vit_rpe.utils.run import CONF_DIR
+from vit_rpe.bench.common import compose_train
 
 MODELS = ("vit", "performer", "linear")
 RPES = ("none", "general", "exp", "poly")
@@ -40,23 +40,6 @@ def cell_overrides(model: str, rpe: str, args) -> list[str]:
     ]
     hardware = ["trainer=cpu", *TINY] if args.cpu else ["trainer=gpu", "trainer.precision=bf16-mixed"]
     return [f"model={model}", f"rpe={rpe}", f"data={args.data}", *hardware, *limits, *quiet, *args.overrides]
-
-
-def compose_train(overrides: list[str], output_dir: Path):
-    """The train config as the CLI composes it, writing into ``output_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    return cfg
 
 
 def measure(model: str, rpe: str, args, root: Path) -> dict:

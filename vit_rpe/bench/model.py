@@ -1,12 +1,17 @@
-"""Training throughput (images/s) of our VisionTransformer against timm's at the same size.
+"""Training throughput (images/s) of models of one size, taking turns, and their step-time ratios.
 
-    python -m vit_rpe.bench model [--batch 64] [--rounds 5] [--steps 3] [--attention softmax --rpe none]
+    python -m vit_rpe.bench model [--size seed003] [--models softmax timm] [--threads 1]
+    python -m vit_rpe.bench model --size quickstart        # softmax ViT against Performer + exp RPE
 
-The default is seed 003's CIFAR-10 ViT: 32x32 input, patch 2 (16x16 grid, 257 tokens), dim 128,
-depth 4, 8 heads, MLP ratio 4, 10 classes (timm: 829,322 parameters). A step is forward,
-cross-entropy, backward and an AdamW update. The models take turns (``--rounds`` rounds of
-``--steps`` steps each) so that a slow spell on a shared machine hits both; the best round counts.
-timm's model is only built for attention=softmax, rpe=none (it has neither RPE nor our kernels).
+Sizes: ``seed003`` is seed 003's CIFAR-10 ViT (32x32 RGB, patch 2: a 16x16 grid and a cls token,
+dim 128, depth 4, 8 heads, MLP ratio 4; batch 64); ``quickstart`` is ``experiment=quickstart``'s
+ViT (8x8 digits, patch 2: 16 tokens, mean pooling, dim 96, depth 4, 4 heads, MLP ratio 2; batch
+32). A model is ``timm`` (timm's VisionTransformer, softmax without RPE, at the seed-003 size) or
+ours named ``attention[+rpe]`` (``softmax``, ``performer+exp``, ...). A step is forward,
+cross-entropy, backward and an AdamW update on random images. The models take turns
+(``--rounds`` rounds of ``--steps`` steps each), so a slow spell on a shared machine hits them
+all; the best round counts, and the ratios of every model's step time to the first model's are
+printed (best rounds and median rounds).
 """
 
 from __future__ import annotations
@@ -21,19 +26,39 @@ import torch.nn.functional as F
 from vit_rpe.bench.common import environment, write_json
 from vit_rpe.models import VisionTransformer
 
-SEED003 = dict(img_size=32, patch_size=2, embed_dim=128, depth=4, num_heads=8, mlp_ratio=4.0, num_classes=10)
+SIZES = {
+    "seed003": dict(
+        net=dict(img_size=32, in_chans=3, patch_size=2, embed_dim=128, depth=4, num_heads=8, mlp_ratio=4.0),
+        batch=64,
+        models=["softmax", "timm"],
+    ),
+    "quickstart": dict(
+        net=dict(
+            img_size=8,
+            in_chans=1,
+            patch_size=2,
+            embed_dim=96,
+            depth=4,
+            num_heads=4,
+            mlp_ratio=2.0,
+            pool="mean",
+        ),  # conf/experiment/quickstart.yaml
+        batch=32,
+        models=["softmax", "performer+exp"],
+    ),
+}
 
 
-def build(name: str, args) -> torch.nn.Module:
+def build(name: str, net: dict, impl: str) -> torch.nn.Module:
     if name == "timm":
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-        return TimmViT(**SEED003, qkv_bias=True)
+        if net.get("pool", "cls") != "cls":
+            raise SystemExit("timm's model is only built with cls pooling (the seed003 size)")
+        return TimmViT(**net, num_classes=10, qkv_bias=True)
+    attention, _, rpe = name.partition("+")
     return VisionTransformer(
-        **SEED003,
-        attention=args.attention,
-        rpe=args.rpe,
-        rpe_kwargs={"impl": args.impl},
+        **net, num_classes=10, attention=attention, rpe=rpe or "none", rpe_kwargs={"impl": impl}
     )
 
 
@@ -52,59 +77,79 @@ def train_steps(model, opt, images, labels, steps: int, device) -> float:
     return time.perf_counter() - start
 
 
+def json_name(args) -> str:
+    """model.json for the seed-003 default (ours against timm), else the size and models in the name."""
+    tag = "" if (args.size, args.models) == ("seed003", SIZES["seed003"]["models"]) else f"_{args.size}"
+    if tag and args.models != SIZES[args.size]["models"]:
+        tag += "_" + "_".join(name.replace("+", "-") for name in args.models)
+    tag += f"_threads{args.threads}" if args.threads else ""  # --threads 1 and 2 keep their own files
+    return f"model{tag}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_rpe.bench model", description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", choices=sorted(SIZES), default="seed003")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="timm or attention[+rpe]; ratios are to the first"
+    )
+    parser.add_argument("--batch", type=int, default=None, help="default: the size's batch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per model per round")
-    parser.add_argument("--attention", default="softmax", help="our kernel (softmax, performer, linear)")
-    parser.add_argument("--rpe", default="none", help="our RPE family (none, general, exp, poly)")
-    parser.add_argument("--impl", default="auto")
+    parser.add_argument("--impl", default="auto", help="rpe.impl of the models with an RPE")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--out", type=Path, default=Path("docs/bench"), help="folder for model[_threadsN].json"
-    )
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for the JSON record")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument("--quick", action="store_true", help="batch 8, 2 rounds of 1 step (a smoke test)")
     args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    args.models = args.models or size["models"]
+    args.batch = args.batch or size["batch"]
     if args.quick:
         args.batch, args.rounds, args.steps = 8, 2, 1
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    names = ["ours", "timm"] if (args.attention, args.rpe) == ("softmax", "none") else ["ours"]
-    models = {name: build(name, args).to(device).train() for name in names}
+    models = {name: build(name, size["net"], args.impl).to(device).train() for name in args.models}
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
-    images = torch.randn(args.batch, 3, 32, 32, device=device)
+    img, chans = size["net"]["img_size"], size["net"]["in_chans"]
+    images = torch.randn(args.batch, chans, img, img, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
 
-    for name in names:  # warm-up: allocator, kernels, optimizer state
-        train_steps(models[name], opts[name], images, labels, 1, device)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for name in args.models:  # warm-up: allocator, kernels, optimizer state
+        train_steps(models[name], opts[name], images, labels, 2, device)
+    seconds: dict[str, list[float]] = {name: [] for name in args.models}
     for _ in range(args.rounds):
-        for name in names:
+        for name in args.models:
             seconds[name].append(train_steps(models[name], opts[name], images, labels, args.steps, device))
 
-    result = {"environment": environment(device), "config": SEED003 | vars(args) | {"out": str(args.out)}}
-    for name in names:
-        best = min(seconds[name])
-        result[name] = {
+    config = size["net"] | vars(args) | {"out": str(args.out)}
+    result = {"environment": environment(device), "config": config, "models": {}}
+    for name in args.models:
+        best, median = min(seconds[name]), sorted(seconds[name])[len(seconds[name]) // 2]
+        result["models"][name] = {
             "params": sum(p.numel() for p in models[name].parameters()),
             "images_per_s": args.batch * args.steps / best,
-            "images_per_s_median": args.batch * args.steps / sorted(seconds[name])[len(seconds[name]) // 2],
+            "images_per_s_median": args.batch * args.steps / median,
+            "step_ms": 1e3 * best / args.steps,
+            "step_ms_median": 1e3 * median / args.steps,
         }
+        record = result["models"][name]
         print(
-            f"{name:5s} {result[name]['params']:>9,d} params  {result[name]['images_per_s']:8.1f} images/s "
-            f"(median {result[name]['images_per_s_median']:.1f})"
+            f"{name:16s} {record['params']:>9,d} params  {record['images_per_s']:8.1f} images/s "
+            f"(median {record['images_per_s_median']:.1f})  {record['step_ms']:.1f} ms/step"
         )
-    if "timm" in result:
-        result["speedup"] = result["ours"]["images_per_s"] / result["timm"]["images_per_s"]
-        print(f"ours / timm: {result['speedup']:.2f}x")
-    tag = "" if names == ["ours", "timm"] else f"_{args.attention}_{args.rpe}"
-    tag += f"_threads{args.threads}" if args.threads else ""  # --threads 1 and 2 keep their own files
-    write_json(args.out / f"model{tag}.json", result)
-    print(f"wrote {args.out / f'model{tag}.json'}")
+    first = result["models"][args.models[0]]
+    result["step_time_ratios"] = {}
+    for name in args.models[1:]:
+        record = result["models"][name]
+        ratio = record["step_ms"] / first["step_ms"]
+        ratio_median = record["step_ms_median"] / first["step_ms_median"]
+        result["step_time_ratios"][name] = {"best": ratio, "median": ratio_median}
+        print(f"{name} / {args.models[0]} step time: {ratio:.2f}x (median rounds {ratio_median:.2f}x)")
+    path = args.out / json_name(args)
+    write_json(path, result)
+    print(f"wrote {path}")
     return 0

@@ -1,0 +1,54 @@
+"""The model and epoch benchmarks run end to end and record the ratios they print."""
+
+from __future__ import annotations
+
+import json
+
+from vit_rpe.bench import epoch as bench_epoch
+from vit_rpe.bench import model as bench_model
+
+
+def test_model_benchmark_times_quickstart_models_in_turns(tmp_path, capsys):
+    argv = ["--size", "quickstart", "--quick", "--threads", "1", "--out", str(tmp_path)]
+    assert bench_model.main(argv) == 0
+    result = json.loads((tmp_path / "model_quickstart_threads1.json").read_text())
+    assert list(result["models"]) == ["softmax", "performer+exp"]
+    softmax, performer = result["models"]["softmax"], result["models"]["performer+exp"]
+    assert performer["params"] == softmax["params"] + 4 * 4  # one exp rate per head and layer
+    assert result["config"]["img_size"] == 8 and result["config"]["pool"] == "mean"
+    ratio = result["step_time_ratios"]["performer+exp"]["best"]
+    assert ratio == performer["step_ms"] / softmax["step_ms"] > 0
+    assert f"performer+exp / softmax step time: {ratio:.2f}x" in capsys.readouterr().out
+
+
+def test_model_benchmark_file_names():
+    args = bench_model.argparse.Namespace(size="seed003", models=["softmax", "timm"], threads=None)
+    assert bench_model.json_name(args) == "model.json"  # the recorded ours-against-timm file
+    args.threads = 1
+    assert bench_model.json_name(args) == "model_threads1.json"
+    args.models = ["performer+exp"]
+    assert bench_model.json_name(args) == "model_seed003_performer-exp_threads1.json"
+
+
+def test_epoch_benchmark_runs_the_cli_path_in_turns(tmp_path, capsys):
+    """Two tiny quickstart runs, two epochs each: the first warms up, the second is timed."""
+    tiny = [
+        "model.net.depth=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "logger=none",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+        f"paths.root_dir={tmp_path}",
+    ]
+    argv = ["--epochs", "2", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]
+    argv += ["--run", "model=vit", "--run", "model=linear rpe=exp"]
+    assert bench_epoch.main([*argv, *tiny]) == 0
+    result = json.loads((tmp_path / "epoch_quickstart.json").read_text())
+    assert list(result["runs"]) == ["model=vit", "model=linear rpe=exp"]
+    vit, linear = result["runs"]["model=vit"], result["runs"]["model=linear rpe=exp"]
+    assert vit["epochs"] == linear["epochs"] == 1
+    assert vit["wall_ratio"] == 1.0 and linear["wall_ratio"] == linear["wall_s_median"] / vit["wall_s_median"]
+    assert linear["cpu_s_median"] > 0 and linear["cpu_ratio"] > 0
+    assert "model=linear rpe=exp" in capsys.readouterr().out
