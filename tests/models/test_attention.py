@@ -197,24 +197,28 @@ def test_softmax_rpe_falls_back_to_the_fused_path_when_flex_fails(flex_on_cpu, m
 @pytest.mark.parametrize("name", ["softmax", "performer", "linear"])
 def test_rpe_attention_never_holds_batch_by_heads_scores(name, monkeypatch):
     """On CPU no tensor of B x H x L x L elements is made, forward or backward (softmax, and the
-    feature kernels with impl=quadratic); the straightforward paths they replace make several:
-    SDPA's math path for a learned mask, autograd through (M * fq fk^T) v1."""
+    feature kernels with impl=quadratic: MaskedKernelMatrix, and for Performer MaskedFavorAttention);
+    the straightforward paths they replace make several: SDPA's math path for a learned mask,
+    autograd through (M * fq fk^T) v1."""
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    class LargestOutput(TorchDispatchMode):
-        largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    self.largest = max(self.largest, t.numel())
-            return out
 
     batch, heads = 4, 2
     rpe = perturbed_rpe("general", "l1", 1, heads=heads, dtype=torch.float32)
     rpe.impl = "quadratic"
     tokens = rpe.num_tokens
+
+    class LargestScores(TorchDispatchMode):
+        """The most elements of any [..., L, L] tensor an op makes."""
+
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.shape[-2:] == (tokens, tokens):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
     monkeypatch.setattr(fused_module, "SCORES_CHUNK", heads * tokens * tokens)
     kernel = build_kernel(name, 8).train()
     sizes = {}
@@ -224,8 +228,9 @@ def test_rpe_attention_never_holds_batch_by_heads_scores(name, monkeypatch):
             monkeypatch.setattr(
                 fused_module.MaskedKernelMatrix, "apply", lambda fq, fk, v1, m: (m * (fq @ fk.mT)) @ v1
             )
+            monkeypatch.setattr(PerformerAttention, "attend", attention_module.FeatureMapAttention.attend)
         q, k, v = (x.requires_grad_(True) for x in qkv(heads, tokens, dtype=torch.float32, batch=batch))
-        with LargestOutput() as mode:
+        with LargestScores() as mode:
             kernel(q, k, v, rpe).sum().backward()
         sizes[path] = mode.largest
     assert sizes["chunked"] < 2 * heads * tokens * tokens  # one batch element's scores at a time
@@ -249,6 +254,62 @@ def test_zero_block_hides_masked_keys(name, impl):
     out2 = kernel(q, k2, v2, rpe)
     torch.testing.assert_close(out[:, :, :15], out2[:, :, :15], rtol=1e-9, atol=1e-9)
     assert not torch.allclose(out[:, :, 15:], out2[:, :, 15:])
+
+
+def autograd_performer(kernel, q, k, v, mask):
+    """FAVOR+ attention written out for autograd, stabilisers and eps included (the formulas the
+    fused Functions replace), optionally under a dense mask."""
+    w, d = kernel.projection.to(q.dtype), q.shape[-1]
+    q, k = q * d**-0.25, k * d**-0.25
+    wq, wk = q @ w.T, k @ w.T
+    scale = w.shape[0] ** -0.5
+    fq = scale * (
+        torch.exp(wq - (q * q).sum(-1, keepdim=True) / 2 - wq.amax(-1, keepdim=True).detach()) + kernel.eps
+    )
+    fk = scale * (
+        torch.exp(wk - (k * k).sum(-1, keepdim=True) / 2 - wk.amax((-2, -1), keepdim=True).detach())
+        + kernel.eps
+    )
+    a = fq @ fk.transpose(-2, -1)
+    if mask is not None:
+        a = a * mask
+    return (a @ v) / a.sum(-1, keepdim=True).clamp_min(kernel.eps)
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize(
+    "grid,impl",
+    [((3, 4), "quadratic"), ((7, 9), "quadratic"), ((3, 4), None), ((5, 6), "kron"), ((3, 4), "fft")],
+)
+def test_performer_gradients_equal_autograd(grid, impl, prefix, monkeypatch):
+    """Outputs and gradients (q, k, v, every mask parameter) of Performer attention against autograd
+    through the written-out formulas, with eps > 0 (its place relative to the stabilisers matters):
+    quadratic runs MaskedFavorAttention (3 x 4: the kernel matrix kept for the backward; 7 x 9: made
+    again there, one batch element at a time), the other products PositiveRandomFeatures."""
+    monkeypatch.setattr(fused_module, "SCORES_CHUNK", 1)
+    rpe = None
+    if impl is not None:
+        rpe = perturbed_rpe("exp", "l1", prefix, grid=grid)
+        rpe.impl, rpe.kron_tile = impl, 2
+    tokens = prefix + grid[0] * grid[1]
+    kernel = PerformerAttention(8).double().train()
+    kernel.redraw_interval = 0
+    inputs = qkv(2, tokens, batch=3, scale=0.7)
+    weights = torch.randn(3, 2, tokens, 8, dtype=torch.float64)
+    results = []
+    for reference in (False, True):
+        if rpe is not None:
+            rpe.zero_grad(set_to_none=True)
+        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
+        if reference:
+            out = autograd_performer(kernel, q, k, v, None if rpe is None else rpe.mask())
+        else:
+            out = kernel(q, k, v, rpe)
+        (out * weights).sum().backward()
+        params = [] if rpe is None else [p.grad for p in rpe.parameters()]
+        results.append([out, q.grad, k.grad, v.grad, *params])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_performer_eval_is_deterministic_and_redraws_on_schedule():

@@ -69,6 +69,8 @@ class KronFloor(nn.Module):
     only along an axis of more than one tile, as in ``tiled_exp_attend``.)
     """
 
+    impl = "kron"
+
     def __init__(self, grid_size: tuple[int, int], tile: int = KRON_TILE):
         super().__init__()
         self.grid_size = grid_size

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import flex_attention
 
 from vit_rpe.models import fused
-from vit_rpe.models.fused import LearnedBiasAttention
+from vit_rpe.models.fused import LearnedBiasAttention, MaskedFavorAttention, PositiveRandomFeatures
 from vit_rpe.utils.errors import ConfigError
 
 EPS = 1e-6
@@ -123,9 +123,9 @@ class FeatureMapAttention(nn.Module):
     """Linear attention with positive features phi: out_i = phi(q_i).D_i / phi(q_i).d_i.
 
     Without a mask D and d are global sums (O(L m d)); with a mask D = M Z, and the mask's
-    ``masked_kernel_matmul`` computes phi(q_i).D_i (quadratic / dense / kron / fft, rpe.py). The feature math
-    runs in fp32 outside autocast and denominators are clamped at ``eps``, so half-precision
-    training stays finite.
+    ``masked_kernel_matmul`` computes phi(q_i).D_i (quadratic / dense / kron / fft, rpe.py). The
+    feature math runs in fp32 outside autocast and denominators are clamped at ``eps``, so
+    half-precision training stays finite.
     """
 
     def __init__(self, head_dim: int, attn_drop: float = 0.0, eps: float = EPS):
@@ -145,18 +145,21 @@ class FeatureMapAttention(nn.Module):
         dtype = q.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         with torch.autocast(q.device.type, enabled=False):
-            q, k, v = q.to(compute), k.to(compute), v.to(compute)
-            fq, fk = self.features(q, k)  # [B, H, L, m]
-            if rpe is None:
-                kv = fk.transpose(-2, -1) @ v  # [B, H, m, d]
-                num = fq @ kv  # [B, H, L, d]
-                den = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)  # [B, H, L, 1]
-            else:
-                v1 = F.pad(v, (0, 1), value=1.0)  # [B, H, L, d+1]
-                out = rpe.masked_kernel_matmul(fq, fk, v1)  # [B, H, L, d+1]: sum_m phi(q_i)_m (M Z)_i,m
-                num, den = out[..., :-1], out[..., -1:]
-            out = num / den.clamp_min(self.eps)
+            out = self.attend(q.to(compute), k.to(compute), v.to(compute), rpe)
         return out.to(dtype)
+
+    def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
+        """The attention in the compute dtype: features, then the (masked) products."""
+        fq, fk = self.features(q, k)  # [B, H, L, m]
+        if rpe is None:
+            kv = fk.transpose(-2, -1) @ v  # [B, H, m, d]
+            num = fq @ kv  # [B, H, L, d]
+            den = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)  # [B, H, L, 1]
+        else:
+            v1 = F.pad(v, (0, 1), value=1.0)  # [B, H, L, d+1]
+            out = rpe.masked_kernel_matmul(fq, fk, v1)  # [B, H, L, d+1]: sum_m phi(q_i)_m (M Z)_i,m
+            num, den = out[..., :-1], out[..., -1:]
+        return num / den.clamp_min(self.eps)
 
     def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
         """The dense, row-normalised M * (phi(q) phi(k)^T) this kernel implicitly applies."""
@@ -254,15 +257,19 @@ class PerformerAttention(FeatureMapAttention):
                 self.redraw()
         return super().forward(q, k, v, rpe)
 
+    def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
+        """With rpe.impl=quadratic (small grids) features, masked kernel matrix and normalisation
+        are one Function, MaskedFavorAttention (fused.py): the same numbers in a fraction of the
+        operations, which at small grids are most of the attention's time."""
+        if rpe is not None and rpe.impl == "quadratic":
+            mask = rpe.mask().to(q.dtype)  # [H, L, L]
+            return MaskedFavorAttention.apply(q, k, v, self.projection.to(q.dtype), mask, self.eps)
+        return super().attend(q, k, v, rpe)
+
     def features(self, q, k):
         w = self.projection.to(q.dtype)  # [m, d]
-        q, k = q * self.head_dim**-0.25, k * self.head_dim**-0.25
-        wq, wk = q @ w.T, k @ w.T  # [B, H, L, m]
-        hq = (q * q).sum(-1, keepdim=True) / 2
-        hk = (k * k).sum(-1, keepdim=True) / 2
-        scale = self.nb_features**-0.5
-        fq = scale * (torch.exp(wq - hq - wq.amax(-1, keepdim=True).detach()) + self.eps)
-        fk = scale * (torch.exp(wk - hk - wk.amax((-2, -1), keepdim=True).detach()) + self.eps)
+        fq = PositiveRandomFeatures.apply(q, w, -1, self.eps)  # [B, H, L, m]
+        fk = PositiveRandomFeatures.apply(k, w, (-2, -1), self.eps)
         return fq, fk
 
 

@@ -1,14 +1,21 @@
-"""Fused autograd Functions for attention with a learned [H, L, L] mask.
+"""Fused autograd Functions: attention whose hand-written backward keeps and passes over less.
 
-Autograd through the plain expressions would keep a [B, H, Lq, Lk] tensor per layer for the
-backward (the probabilities, or the kernel matrix and its masked copy). These Functions keep only
-their inputs (and what a fused kernel returns), compute a few batch elements at a time
-(``batch_chunks``), and recompute the [b, H, Lq, Lk] scores in the backward.
+Autograd through the plain expressions keeps every intermediate and makes a new tensor per
+elementwise step. ``LearnedBiasAttention`` and ``MaskedKernelMatrix`` would otherwise keep a
+[B, H, Lq, Lk] tensor per layer (the probabilities, or the kernel matrix and its masked copy):
+they keep their inputs, compute a few batch elements at a time (``batch_chunks``) and recompute
+the scores in the backward. ``PositiveRandomFeatures`` is Performer's feature map in a few
+in-place passes, where autograd makes a dozen, and ``MaskedFavorAttention`` is Performer
+attention under a mask (rpe.impl=quadratic) as one Function: on small grids the number of
+operations, not their arithmetic, was most of a Performer step (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # The CPU flash kernel behind SDPA, which takes an additive mask (but gives it no gradient).
@@ -19,10 +26,16 @@ cpu_flash_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attenti
 SCORES_CHUNK = 2**24
 
 
-def batch_chunks(batch: int, scores_per_item: int) -> list[slice]:
-    """Slices of the batch whose scores hold at most SCORES_CHUNK elements (one item at least)."""
+def batch_chunks(batch: int, scores_per_item: int, rows_per_item: int = 1) -> list[slice]:
+    """Slices of the batch whose scores hold at most SCORES_CHUNK elements (one item at least).
+
+    ``rows_per_item``: slice a dimension that holds that many rows per batch element (B*H).
+    """
     step = max(1, SCORES_CHUNK // scores_per_item)
-    return [slice(start, start + step) for start in range(0, batch, step)]
+    return [
+        slice(start * rows_per_item, min(start + step, batch) * rows_per_item)
+        for start in range(0, batch, step)
+    ]
 
 
 class LearnedBiasAttention(torch.autograd.Function):
@@ -79,7 +92,7 @@ class MaskedKernelMatrix(torch.autograd.Function):
         b, h, n, _ = fq.shape
         out = v1.new_empty(b, h, n, v1.shape[-1])
         for rows in batch_chunks(b, h * n * fk.shape[2]):
-            out[rows] = (fq[rows] @ fk[rows].transpose(-2, -1)).mul_(mask) @ v1[rows]
+            torch.matmul((fq[rows] @ fk[rows].transpose(-2, -1)).mul_(mask), v1[rows], out=out[rows])
         ctx.save_for_backward(fq, fk, v1, mask)
         return out
 
@@ -95,8 +108,130 @@ class MaskedKernelMatrix(torch.autograd.Function):
             d_masked = grad_out[rows] @ v1[rows].transpose(-2, -1)
             if dmask is not None:
                 dmask += (d_masked * kernel).sum(0)
-            dv1[rows] = kernel.mul_(mask).transpose(-2, -1) @ grad_out[rows]
+            torch.matmul(kernel.mul_(mask).transpose(-2, -1), grad_out[rows], out=dv1[rows])
             d_kernel = d_masked.mul_(mask)
-            dfq[rows] = d_kernel @ fk[rows]
-            dfk[rows] = d_kernel.transpose(-2, -1) @ fq[rows]
+            torch.matmul(d_kernel, fk[rows], out=dfq[rows])
+            torch.matmul(d_kernel.transpose(-2, -1), fq[rows], out=dfk[rows])
         return dfq, dfk, dv1, dmask
+
+
+class PositiveRandomFeatures(torch.autograd.Function):
+    """FAVOR+ features of x [..., d] for the projection w [m, d]: phi(x) [..., m], positive.
+
+    phi(x) = exp(w.x' - |x'|^2 / 2 - c) / sqrt(m) + eps / sqrt(m) with x' = x / d^(1/4), where c is
+    the max of w.x' over ``dims`` (-1: per row; (-2, -1): per head), a stabiliser that cancels in
+    attention and is a constant to the gradient (``favor_logits``, ``favor_input_grad``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, dims, eps):
+        x = x.contiguous()
+        wx, shift = favor_logits(x, w)
+        phi = wx.sub_(shift.add_(wx.amax(dims, keepdim=True))).exp_().add_(eps / math.sqrt(w.shape[0]))
+        ctx.save_for_backward(x, w, phi)
+        ctx.eps = eps / math.sqrt(w.shape[0])
+        return phi
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w, phi = ctx.saved_tensors
+        ge = (grad * phi).sub_(grad, alpha=ctx.eps)  # grad * (phi - eps / sqrt(m))
+        dx, dw = favor_input_grad(ge, w, x, ctx.needs_input_grad[1])
+        return dx, dw, None, None
+
+
+class MaskedFavorAttention(torch.autograd.Function):
+    """Performer attention under a mask M [H, L, L] (rpe.impl=quadratic) in one Function.
+
+    out = S v / max(S 1, eps) with S = M * phi(q) phi(k)^T and phi the FAVOR+ features (queries
+    stabilised per row, keys per head): the numbers of PositiveRandomFeatures, MaskedKernelMatrix
+    and the division in a row, in a fraction of their operations (on small grids their count, not
+    their arithmetic, is the cost). q and k share one projection matmul, the features are made in
+    place, and the backward goes from dS to dq and dk without another [B, H, L, m] tensor. The
+    kernel matrix phi(q) phi(k)^T is kept for the backward while it is no bigger than the
+    features (L <= 2m); beyond, it is made a few batch elements at a time and made again there.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, w, mask, eps):
+        b, h, n, d = q.shape
+        m = w.shape[0]
+        qkv = torch.stack([q, k, v])  # [3, B, H, L, d]: one copy out of the layer's qkv layout
+        x, v = qkv[:2], qkv[2].view(b * h, n, d)
+        wx, shift = favor_logits(x, w)
+        shift[0].add_(wx[0].amax(-1, keepdim=True))  # queries: the max of their row
+        shift[1].add_(wx[1].amax((-2, -1), keepdim=True))  # keys: the max of their head
+        phi = wx.sub_(shift).exp_().add_(eps / math.sqrt(m)).view(2, b * h, n, m)  # 3-D: plain bmm
+        num, den = v.new_empty(b * h, n, d), v.new_empty(b * h, n, 1)
+        kept = v.new_empty(2, b * h, n, n) if n <= 2 * m else None  # kernel matrix, and masked
+        for rows in batch_chunks(b, h * n * n, rows_per_item=h):
+            _, s = masked_kernel(phi, mask, rows, None if kept is None else kept[:, rows])
+            torch.bmm(s, v[rows], out=num[rows])
+            torch.sum(s, -1, keepdim=True, out=den[rows])
+        out = num.div_(den.clamp_min(eps))
+        ctx.save_for_backward(x, w, phi, v, mask, out, den, kept)
+        ctx.eps = eps
+        return out.view(b, h, n, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w, phi, v, mask, out, den, kept = ctx.saved_tensors
+        b, h, n, d = grad.shape
+        eps = ctx.eps
+        grad = grad.reshape(b * h, n, d)
+        inv_den = den.clamp_min(eps).reciprocal_()
+        d_num = grad * inv_den  # [B*H, L, d]
+        d_den = (grad * out).sum(-1, keepdim=True).mul_(inv_den).mul_(den >= eps).neg_()  # [B*H, L, 1]
+        d_phi, dv = torch.empty_like(phi), torch.empty_like(v)
+        dmask = torch.zeros_like(mask) if ctx.needs_input_grad[4] else None
+        for rows in batch_chunks(b, h * n * n, rows_per_item=h):
+            kernel, s = masked_kernel(phi, mask, rows) if kept is None else kept[:, rows].unbind(0)
+            d_masked = torch.baddbmm(d_den[rows], d_num[rows], v[rows].transpose(1, 2))  # dS
+            if dmask is not None:
+                dmask += (d_masked * kernel).view(-1, h, n, n).sum(0)
+            torch.bmm(s.transpose(1, 2), d_num[rows], out=dv[rows])
+            d_masked.view(-1, h, n, n).mul_(mask)  # now dL/d(phi(q) phi(k)^T)
+            torch.bmm(d_masked, phi[1, rows], out=d_phi[0, rows])
+            torch.bmm(d_masked.transpose(1, 2), phi[0, rows], out=d_phi[1, rows])
+        ge = d_phi.mul_(phi - eps / math.sqrt(w.shape[0]))  # dL/dphi * the exponentials
+        dx, dw = favor_input_grad(ge.view(*x.shape[:-1], -1), w, x, ctx.needs_input_grad[3])
+        return dx[0], dx[1], dv.view(b, h, n, d), dw, dmask, None
+
+
+def masked_kernel(
+    phi: torch.Tensor, mask: torch.Tensor, rows: slice, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi(q) phi(k)^T and M * that, [b*H, L, L] each, for the batch rows ``rows`` of the features
+    phi [2, B*H, L, m]; written into ``out`` [2, b*H, L, L] when given."""
+    h, n = mask.shape[:2]
+    kernel = torch.bmm(phi[0, rows], phi[1, rows].transpose(1, 2), out=None if out is None else out[0])
+    s = torch.mul(kernel.view(-1, h, n, n), mask, out=None if out is None else out[1].view(-1, h, n, n))
+    return kernel, s.view(-1, n, n)
+
+
+def favor_logits(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w.x' [..., m] and |x'|^2 / 2 + log sqrt(m) [..., 1] for x' = x / d^(1/4), x [..., d]
+    contiguous; the scale goes to w, so the projection is one mm of x itself.
+
+    The features are exp(w.x' - |x'|^2 / 2 - c) / sqrt(m) for a stabiliser c (a max of w.x'),
+    which the callers take in place on w.x'.
+    """
+    m, d = w.shape
+    wx = (x.view(-1, d) @ (w.T * d**-0.25)).view(*x.shape[:-1], m)
+    shift = (x * x).sum(-1, keepdim=True).mul_(0.5 / math.sqrt(d)).add_(0.5 * math.log(m))
+    return wx, shift
+
+
+def favor_input_grad(
+    ge: torch.Tensor, w: torch.Tensor, x: torch.Tensor, need_w: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """dx [..., d] (and dw [m, d]) from ge = dL/dphi * (phi - eps / sqrt(m)) [..., m]:
+    dx' = ge w - rowsum(ge) x' with x' = x / d^(1/4), and dx = dx' / d^(1/4). One mm gives
+    ge w and the row sums (w with a column of ones)."""
+    m, d = w.shape
+    flat, x = ge.reshape(-1, m), x.view(-1, d)
+    both = flat @ F.pad(w * d**-0.25, (0, 1), value=1.0)  # [N, d + 1]: ge w / d^(1/4), rowsum(ge)
+    dx = torch.addcmul(both[:, :d], both[:, d:], x, value=-1 / math.sqrt(d))
+    return dx.view(*ge.shape[:-1], d), (flat.T @ x * d**-0.25 if need_w else None)

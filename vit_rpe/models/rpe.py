@@ -116,8 +116,10 @@ class RelativePositionMask(nn.Module):
         self.register_buffer("index", grid_index(self.grid_size), persistent=False)
         self.register_buffer("y_index", toeplitz_index(hg), persistent=False)
         self.register_buffer("x_index", toeplitz_index(wg), persistent=False)
-        # Integer buffer: .double() / .half() leave it exact; converted to the parameters' dtype on use.
-        self.register_buffer("distance_int", offset_distance_int(self.grid_size, distance), persistent=False)
+        # Integer buffers: .double() / .half() leave them exact; converted to the parameters' dtype on use.
+        distance_int = offset_distance_int(self.grid_size, distance)  # [2Hg-1, 2Wg-1]
+        self.register_buffer("distance_int", distance_int, persistent=False)
+        self.register_buffer("grid_distance_int", distance_int.flatten()[self.index], persistent=False)
 
     @classmethod
     def is_separable(cls, distance: str) -> bool:
@@ -145,11 +147,6 @@ class RelativePositionMask(nn.Module):
             return "kron" if n >= AUTO_KRON_MIN_TOKENS else "quadratic"
         return "fft" if n >= AUTO_FFT_MIN_TOKENS else "quadratic"
 
-    def distances(self, like: torch.Tensor) -> torch.Tensor:
-        """Distance of every 2-D offset, [2Hg-1, 2Wg-1], in the dtype of ``like``."""
-        d = self.distance_int.to(like.dtype)
-        return d if self.distance == "l1" else d.sqrt()
-
     # --- the one definition ---------------------------------------------------------------------
     def log_mask_offsets(self) -> torch.Tensor:
         """log M for every 2-D offset, [H, 2Hg-1, 2Wg-1]."""
@@ -159,9 +156,13 @@ class RelativePositionMask(nn.Module):
         return self.log_mask_offsets().exp()
 
     # --- derived views --------------------------------------------------------------------------
+    def log_mask_grid(self) -> torch.Tensor:
+        """log M between grid tokens, [H, N, N]: the offset table read at every pair's offset."""
+        return self.log_mask_offsets().flatten(1)[:, self.index]
+
     def log_mask(self) -> torch.Tensor:
         """log M as a dense [H, L, L] matrix (prefix tokens first)."""
-        grid = self.log_mask_offsets().flatten(1)[:, self.index]  # [H, N, N]
+        grid = self.log_mask_grid()  # [H, N, N]
         p = self.num_prefix_tokens
         if not p:
             return grid
@@ -266,7 +267,28 @@ class GeneralRPE(RelativePositionMask):
         return self.bias
 
 
-class ExpRPE(RelativePositionMask):
+class DistanceMask(RelativePositionMask):
+    """A mask that depends on the distance between tokens alone (exp, poly): one formula,
+    ``log_mask_at(distance)``, read on the offset table or straight on the [N, N] token distances
+    (which spares the dense mask a gather and its backward a scatter)."""
+
+    def log_mask_at(self, distance_int: torch.Tensor) -> torch.Tensor:
+        """log M [H, ...] at the integer distances ``distance_int`` [...] (l2: squared)."""
+        raise NotImplementedError
+
+    def log_mask_offsets(self) -> torch.Tensor:
+        return self.log_mask_at(self.distance_int)
+
+    def log_mask_grid(self) -> torch.Tensor:
+        return self.log_mask_at(self.grid_distance_int)
+
+    def as_distance(self, distance_int: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The distances (l1, or l2 from squared integers) in the dtype of ``like``."""
+        d = distance_int.to(like.dtype)
+        return d if self.distance == "l1" else d.sqrt()
+
+
+class ExpRPE(DistanceMask):
     """M = exp(-a_h * dist), a_h = softplus(raw_h). Separable (My (x) Mx) for the l1 distance."""
 
     family = "exp"
@@ -291,12 +313,9 @@ class ExpRPE(RelativePositionMask):
     def rate(self) -> torch.Tensor:
         return F.softplus(self.raw_rate)
 
-    def log_mask_offsets(self) -> torch.Tensor:
-        if self.separable:
-            ly, lx = self.log_axis_offsets()
-            return ly[:, :, None] + lx[:, None, :]
-        a = self.rate()
-        return -a[:, None, None] * self.distances(a)
+    def log_mask_at(self, distance_int):
+        a = self.rate().view(-1, *[1] * distance_int.ndim)
+        return -a * self.as_distance(distance_int, a)
 
     def _tiled_grid_product(self, fq, fk, v1):
         return tiled_exp_attend(fq, fk, v1, self.rate().to(fq.dtype), self.grid_size, self.kron_tile)
@@ -309,7 +328,7 @@ class ExpRPE(RelativePositionMask):
         return -a * dy, -a * dx
 
 
-class PolyRPE(RelativePositionMask):
+class PolyRPE(DistanceMask):
     """M = (1 + c_h * dist)^(-p_h), c_h, p_h = softplus(.)."""
 
     family = "poly"
@@ -328,10 +347,10 @@ class PolyRPE(RelativePositionMask):
         self.raw_scale = nn.Parameter(torch.full((num_heads,), inverse_softplus(init_scale)))
         self.raw_power = nn.Parameter(torch.full((num_heads,), inverse_softplus(init_power)))
 
-    def log_mask_offsets(self) -> torch.Tensor:
-        c = F.softplus(self.raw_scale)[:, None, None]
-        p = F.softplus(self.raw_power)[:, None, None]
-        return -p * torch.log1p(c * self.distances(c))
+    def log_mask_at(self, distance_int):
+        shape = (-1, *[1] * distance_int.ndim)
+        c, p = F.softplus(self.raw_scale).view(shape), F.softplus(self.raw_power).view(shape)
+        return -p * torch.log1p(c * self.as_distance(distance_int, c))
 
 
 RPES: dict[str, type[RelativePositionMask]] = {
