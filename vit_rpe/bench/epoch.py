@@ -18,32 +18,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from vit_rpe.bench.common import compose_train, environment, write_json
+from vit_rpe.callbacks import EpochClock
 
-CLOCK = "+callbacks.epoch_clock._target_=vit_rpe.bench.epoch.EpochClock"
-
-
-class EpochClock(L.Callback):
-    """Wall and process CPU seconds of every training epoch (first batch start to last batch end),
-    appended to ``EpochClock.epochs``, which the benchmark reads after each run."""
-
-    epochs: list[tuple[float, float]] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start = (time.perf_counter(), time.process_time())
-        self.end = self.start
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.end = (time.perf_counter(), time.process_time())
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        EpochClock.epochs.append((self.end[0] - self.start[0], self.end[1] - self.start[1]))
+CLOCK = "+callbacks.epoch_clock._target_=vit_rpe.callbacks.EpochClock"
 
 
 def run_epochs(overrides: list[str], output_dir: Path) -> list[tuple[float, float]]:

@@ -5,6 +5,8 @@
 - ``freeze``: a backbone trained head-first (``FreezeBackbone``, from ``model.finetune``).
 - ``predictions``: W&B's confusion matrix and sample predictions at test end
   (``WandbTestPredictions``, with ``logger=wandb``).
+- ``timing``: wall and CPU seconds of every training epoch (``EpochClock``, added by
+  ``python -m vit_rpe.bench epoch``).
 
 Configs name them by their short path (``vit_rpe.callbacks.LastCheckpoint``).
 """
@@ -12,5 +14,13 @@ Configs name them by their short path (``vit_rpe.callbacks.LastCheckpoint``).
 from vit_rpe.callbacks.freeze import FreezeBackbone
 from vit_rpe.callbacks.predictions import WandbTestPredictions
 from vit_rpe.callbacks.safety import LastCheckpoint, NonFiniteLossGuard, StepSeed
+from vit_rpe.callbacks.timing import EpochClock
 
-__all__ = ["FreezeBackbone", "LastCheckpoint", "NonFiniteLossGuard", "StepSeed", "WandbTestPredictions"]
+__all__ = [
+    "EpochClock",
+    "FreezeBackbone",
+    "LastCheckpoint",
+    "NonFiniteLossGuard",
+    "StepSeed",
+    "WandbTestPredictions",
+]
