@@ -106,6 +106,27 @@ def test_softmax_with_rpe_is_masked_softmax(family, distance, prefix):
     )
 
 
+def outputs_and_gradients(attend, inputs, rpe=None, weights=None) -> list[torch.Tensor]:
+    """attend(q, k, v) on fresh leaf copies of ``inputs``, then its output and the gradients of q, k,
+    v and of every parameter of ``rpe`` for the loss sum(out * weights) (a loss that is not a sum)."""
+    if rpe is not None:
+        rpe.zero_grad(set_to_none=True)
+    q, k, v = (x.clone().requires_grad_(True) for x in inputs)
+    out = attend(q, k, v)
+    (out if weights is None else out * weights).sum().backward()
+    return [out, q.grad, k.grad, v.grad, *([] if rpe is None else [p.grad for p in rpe.parameters()])]
+
+
+def masked_softmax(q, k, v, rpe):
+    """softmax(q k^T / sqrt(d) + log M) v, written out for autograd."""
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + rpe.log_mask(), -1) @ v
+
+
+def assert_all_close(got, expected):
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("prefix", [0, 1])
 @pytest.mark.parametrize("family", ["general", "exp", "poly"])
 def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch):
@@ -115,19 +136,11 @@ def test_softmax_rpe_gradients_equal_masked_softmax(family, prefix, monkeypatch)
     rpe = perturbed_rpe(family, "l1", prefix)
     kernel = build_kernel("softmax", 8).train()
     inputs = qkv(2, rpe.num_tokens, batch=3)
-    weights = torch.randn(3, 2, rpe.num_tokens, 8, dtype=torch.float64)  # a loss that is not a sum
-    results = []
-    for explicit in (False, True):
-        rpe.zero_grad(set_to_none=True)
-        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
-        if explicit:
-            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + rpe.log_mask(), -1) @ v
-        else:
-            out = kernel(q, k, v, rpe)
-        (out * weights).sum().backward()
-        results.append([out, q.grad, k.grad, v.grad] + [p.grad for p in rpe.parameters()])
-    for got, expected in zip(*results):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(3, 2, rpe.num_tokens, 8, dtype=torch.float64)
+    assert_all_close(
+        outputs_and_gradients(lambda q, k, v: kernel(q, k, v, rpe), inputs, rpe, weights),
+        outputs_and_gradients(lambda q, k, v: masked_softmax(q, k, v, rpe), inputs, rpe, weights),
+    )
 
 
 @pytest.fixture
@@ -175,19 +188,9 @@ def test_softmax_rpe_falls_back_to_the_fused_path_when_flex_fails(flex_on_cpu, m
     rpe = perturbed_rpe("exp", "l1", 1)
     kernel = build_kernel("softmax", 8).train()
     inputs = qkv(2, rpe.num_tokens, batch=3)
-    results = []
-    for explicit in (False, True):
-        rpe.zero_grad(set_to_none=True)
-        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
-        if explicit:
-            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + rpe.log_mask(), -1) @ v
-        else:
-            with pytest.warns(UserWarning, match="flex attention failed .*triton installation"):
-                out = kernel(q, k, v, rpe)
-        out.sum().backward()
-        results.append([out, q.grad, k.grad, v.grad] + [p.grad for p in rpe.parameters()])
-    for got, expected in zip(*results):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    with pytest.warns(UserWarning, match="flex attention failed .*triton installation"):
+        got = outputs_and_gradients(lambda q, k, v: kernel(q, k, v, rpe), inputs, rpe)
+    assert_all_close(got, outputs_and_gradients(lambda q, k, v: masked_softmax(q, k, v, rpe), inputs, rpe))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kernel(*inputs, rpe)
@@ -296,20 +299,13 @@ def test_performer_gradients_equal_autograd(grid, impl, prefix, monkeypatch):
     kernel.redraw_interval = 0
     inputs = qkv(2, tokens, batch=3, scale=0.7)
     weights = torch.randn(3, 2, tokens, 8, dtype=torch.float64)
-    results = []
-    for reference in (False, True):
-        if rpe is not None:
-            rpe.zero_grad(set_to_none=True)
-        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
-        if reference:
-            out = autograd_performer(kernel, q, k, v, None if rpe is None else rpe.mask())
-        else:
-            out = kernel(q, k, v, rpe)
-        (out * weights).sum().backward()
-        params = [] if rpe is None else [p.grad for p in rpe.parameters()]
-        results.append([out, q.grad, k.grad, v.grad, *params])
-    for got, expected in zip(*results):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    mask = (lambda: None) if rpe is None else rpe.mask
+    assert_all_close(
+        outputs_and_gradients(lambda q, k, v: kernel(q, k, v, rpe), inputs, rpe, weights),
+        outputs_and_gradients(
+            lambda q, k, v: autograd_performer(kernel, q, k, v, mask()), inputs, rpe, weights
+        ),
+    )
 
 
 def test_performer_eval_is_deterministic_and_redraws_on_schedule():
