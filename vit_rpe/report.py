@@ -1,9 +1,11 @@
 """Compare runs: ``python -m vit_rpe.report <run, multirun or outputs dir> [--out DIR]``.
 
 Finds every run below the path (a directory with ``metrics.json``, ``error.txt`` or Hydra's
-``.hydra/``), and writes one table (``report.csv``, ``report.md``) and four plots: validation
-accuracy per epoch, training seconds per epoch, best accuracy against parameters, and validation
-accuracy against training time. Curves come from the CSV log (``<run>/csv/metrics.csv``).
+``.hydra/``), groups the runs that differ only in their seed, and writes one table
+(``report.csv``, ``report.md``: mean ± sample std and n of every metric per group, a lone run as
+it is), the per-run table (``runs.csv``) and four plots with error bars: validation accuracy per
+epoch, training seconds per epoch, best accuracy against parameters, and validation accuracy
+against training time. Curves come from the CSV log (``<run>/csv/metrics.csv``).
 """
 
 from __future__ import annotations
@@ -14,22 +16,38 @@ import csv
 import json
 import math
 import re
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vit_rpe.utils.errors import UserError
 from vit_rpe.utils.run import exit_on_user_error
 
 # Folders inside a run that hold no other runs.
 SKIP_DIRS = {".hydra", "csv", "tensorboard", "wandb", "checkpoints", "report", "__pycache__"}
-COLUMNS = (
-    "run", "label", "status", "model", "attention", "rpe", "data", "params", "val_acc_best", "test_acc",
-    "test_acc_top5", "epochs", "sec_per_epoch", "images_per_sec", "error",
+# Report column -> metrics.json key: every number a run reports, averaged over a seed group.
+METRICS = {
+    "params": "params", "val_acc_best": "val/acc_best", "test_acc": "test/acc",
+    "test_acc_top5": "test/acc_top5", "epochs": "epochs", "sec_per_epoch": "seconds_per_epoch",
+    "images_per_sec": "train_images_per_sec",
+}  # fmt: skip
+DESCRIPTION = ("model", "attention", "rpe", "data")
+RUN_COLUMNS = ("run", "label", "status", *DESCRIPTION, "seed", *METRICS, "error")
+GROUP_COLUMNS = (
+    "run", "label", "status", *DESCRIPTION, "seeds", "n", "failed",
+    *(f"{metric}{suffix}" for metric in METRICS for suffix in ("", "_std", "_n")), "error",
 )  # fmt: skip
+# Not part of what a run is: where it was written, what it was called, how it was started or resumed.
+# Seeds (the key ``seed`` at any depth: data.seed and callbacks.step_seed.seed copy the top-level
+# one) are what a seed group varies. Values inside the run's own directory are left out as well.
+NOT_THE_EXPERIMENT = ("paths", "task_name", "tags", "resume_dir", "ckpt_path")
+SEED_KEY = "seed"
 PLOTS = {
     "val_acc.png": "Validation accuracy per epoch",
     "epoch_time.png": "Training seconds per epoch",
@@ -107,7 +125,9 @@ def load_run(run_dir: Path) -> Run:
     metrics = read_json(run_dir / "metrics.json")
     hydra = read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
     # config.yaml is the resolved config train() writes; Hydra's copy exists even if the job failed early.
-    config = read_yaml(run_dir / "config.yaml") or read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    config = read_yaml(run_dir / "config.yaml") or resolve_composed(
+        read_yaml(run_dir / ".hydra" / "config.yaml") or {}, run_dir
+    )
     error = None
     if (run_dir / "error.txt").is_file() or (metrics or {}).get("status") == "failed":
         status = "failed"
@@ -124,6 +144,21 @@ def load_run(run_dir: Path) -> Run:
         history=read_history(run_dir / "csv" / "metrics.csv"),
         error=error,
     )
+
+
+def resolve_composed(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Hydra's composed config resolved as train() would have, so it compares with resolved ones.
+
+    The run directory stands in for ``${hydra:runtime.output_dir}``; what cannot be resolved here
+    (an environment that is gone) keeps the composed values.
+    """
+    cfg = OmegaConf.create(config)
+    if "paths" in cfg:
+        cfg.paths.output_dir = str(run_dir)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return config
 
 
 def last_line(path: Path) -> str | None:
@@ -150,8 +185,76 @@ def describe(run: Run) -> dict[str, Any]:
     }
 
 
-def labels(runs: Sequence[Run], root: Path) -> list[str]:
-    """Short names for plots: what differs between the runs (their overrides, else their names)."""
+def experiment_key(run: Run) -> str:
+    """What a run is, as text: its config less seeds, names, locations and its own directory.
+
+    Runs with the same key differ only in their seeds: one experiment measured several times.
+    """
+    if not run.config:
+        return f"unknown config: {run.dir}"  # nothing says what it was: it stands alone
+    output_dir = str((run.config.get("paths") or {}).get("output_dir") or run.dir).rstrip("/")
+
+    def inside_run(value: Any) -> bool:
+        return isinstance(value, str) and (value == output_dir or value.startswith(output_dir + "/"))
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != SEED_KEY and not inside_run(v)}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    config = {k: v for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT}
+    return json.dumps(strip(config), sort_keys=True, default=str)
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed: one result, measured once per run."""
+
+    runs: list[Run]
+
+    @property
+    def completed(self) -> list[Run]:
+        return [run for run in self.runs if run.status == "completed"]
+
+
+def group_runs(runs: Iterable[Run]) -> list[Group]:
+    """Seed groups (see ``experiment_key``), in the order of their first runs."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        groups.setdefault(experiment_key(run), Group([])).runs.append(run)
+    return list(groups.values())
+
+
+class Stat(NamedTuple):
+    mean: Any  # a lone value (or values all equal) as it is
+    std: float | None  # sample standard deviation (n - 1 in the denominator); None for n < 2
+    n: int
+
+
+def stat(values: Iterable[Any]) -> Stat:
+    found = [v for v in values if v is not None]
+    if not found:
+        return Stat(None, None, 0)
+    mean = found[0] if all(v == found[0] for v in found) else statistics.fmean(found)
+    return Stat(mean, statistics.stdev(found) if len(found) > 1 else None, len(found))
+
+
+def epoch_stats(curves: Sequence[dict[int, float]]) -> dict[int, Stat]:
+    """Per-epoch statistics of a group's curves, which may stop at different epochs."""
+    epochs = sorted(set().union(*curves))
+    return {epoch: stat(curve[epoch] for curve in curves if epoch in curve) for epoch in epochs}
+
+
+def labels(
+    runs: Sequence[Run], root: Path, seeds: bool = True, fallback: Sequence[str] | None = None
+) -> list[str]:
+    """Short names: what differs between the runs (their overrides, else their names, else
+    ``fallback`` or their directories).
+
+    ``seeds=False`` names seed groups by their first runs: the seed of one of them says nothing.
+    """
 
     def differing(items: list[dict[str, Any]]) -> list[str]:
         keys = dict.fromkeys(k for item in items for k in item)
@@ -160,15 +263,18 @@ def labels(runs: Sequence[Run], root: Path) -> list[str]:
     def pick(items: list[dict[str, Any]], keys: list[str]) -> list[str]:
         return [", ".join(f"{k.rsplit('.', 1)[-1]}={short(item.get(k))}" for k in keys) for item in items]
 
-    overrides = [dict(o.split("=", 1) for o in run.overrides if "=" in o) for run in runs]
-    names = [describe(run) for run in runs]
-    for items in (overrides, names):
+    def overrides(run: Run) -> dict[str, str]:
+        pairs = [o.split("=", 1) for o in run.overrides if "=" in o]
+        named = {key.lstrip("+~"): value for key, value in pairs}  # +variant=x is named variant=x
+        return {k: v for k, v in named.items() if seeds or k.rsplit(".", 1)[-1] != SEED_KEY}
+
+    for items in ([overrides(run) for run in runs], [describe(run) for run in runs]):
         keys = differing(items)
         if keys:
             found = pick(items, keys)
             if len(set(found)) == len(found):
                 return found
-    return [relative(run.dir, root) for run in runs]
+    return list(fallback) if fallback else [relative(run.dir, root) for run in runs]
 
 
 def short(value: Any) -> str:
@@ -185,43 +291,65 @@ def relative(path: Path, root: Path) -> str:
     return text or "."
 
 
-def summary_rows(runs: Sequence[Run], root: Path) -> list[dict[str, Any]]:
-    rows = []
-    for run, label in zip(runs, labels(runs, root)):
-        m = run.metrics
-        rows.append(
-            {
-                "run": relative(run.dir, root),
-                "label": label,
-                "status": run.status,
-                **describe(run),
-                "params": m.get("params"),
-                "val_acc_best": m.get("val/acc_best"),
-                "test_acc": m.get("test/acc"),
-                "test_acc_top5": m.get("test/acc_top5"),
-                "epochs": m.get("epochs"),
-                "sec_per_epoch": m.get("seconds_per_epoch"),
-                "images_per_sec": m.get("train_images_per_sec"),
-                "error": run.error,
-            }
-        )
-    return rows
+def run_row(run: Run, label: str, root: Path) -> dict[str, Any]:
+    return {
+        "run": relative(run.dir, root),
+        "label": label,
+        "status": run.status,
+        **describe(run),
+        "seed": run.config.get(SEED_KEY),
+        **{column: run.metrics.get(key) for column, key in METRICS.items()},
+        "error": run.error,
+    }
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+def group_row(run_rows: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
+    """A seed group's line: each metric's mean, sample std and n over its completed runs.
+
+    Failed and incomplete runs are counted in ``status`` (and ``failed``) and left out of the numbers.
+    """
+    done = [row for row in run_rows if row["status"] == "completed"]
+    counts = {s: sum(row["status"] == s for row in run_rows) for s in ("completed", "failed", "incomplete")}
+    mixed = sum(n > 0 for n in counts.values()) > 1
+    row = {
+        "run": ";".join(row["run"] for row in run_rows),
+        "label": label,
+        "status": ", ".join(f"{n} {s}" for s, n in counts.items() if n) if mixed else run_rows[0]["status"],
+        **{key: run_rows[0][key] for key in DESCRIPTION},
+        "seeds": ";".join(str(row["seed"]) for row in run_rows if row["seed"] is not None) or None,
+        "n": len(done),
+        "failed": counts["failed"],
+        "error": next((row["error"] for row in run_rows if row["error"]), None),
+    }
+    for metric in METRICS:
+        mean, std, n = stat(row[metric] for row in done)
+        row |= {metric: mean, f"{metric}_std": std, f"{metric}_n": n}
+    return row
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
     with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS} for row in rows)
+        writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in columns} for row in rows)
+
+
+ACCURACIES = ("val_acc_best", "test_acc", "test_acc_top5")
+HEADERS = {
+    "label": "run", "status": "status", "model": "model", "attention": "attention", "rpe": "rpe",
+    "data": "data", "n": "n", "params": "params", "val_acc_best": "best val acc %",
+    "test_acc": "test top-1 %", "test_acc_top5": "test top-5 %", "epochs": "epochs",
+    "sec_per_epoch": "s/epoch", "images_per_sec": "images/s", "error": "error",
+}  # fmt: skip
 
 
 def cell(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key in ("val_acc_best", "test_acc", "test_acc_top5"):
+    if key in ACCURACIES:
         return f"{100 * value:.2f}"
     if key == "params":
-        return f"{int(value):,}"
+        return f"{round(value):,}"
     if key == "sec_per_epoch":
         return f"{value:.3g}"
     if key == "images_per_sec":
@@ -229,27 +357,25 @@ def cell(key: str, value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def stat_cell(key: str, row: dict[str, Any]) -> str:
+    """``mean ± std`` of a group; ``(n=k)`` when fewer of its runs reported this metric."""
+    mean, std, n = row[key], row[f"{key}_std"], row[f"{key}_n"]
+    text = cell(key, mean)
+    if std is not None and (std > 0 or key not in ("params", "epochs")):  # counts that agree: no ± 0
+        spread = {"sec_per_epoch": f"{std:.2g}", "epochs": f"{std:.2g}"}.get(key, cell(key, std))
+        text += f" ± {spread}"
+    return text + (f" (n={n})" if 0 < n < row["n"] else "")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], grouped: bool = False) -> str:
     """The table for a README: accuracies in %, only the columns that have a value somewhere."""
-    headers = {
-        "label": "run", "status": "status", "model": "model", "attention": "attention", "rpe": "rpe",
-        "data": "data", "params": "params", "val_acc_best": "best val acc %", "test_acc": "test top-1 %",
-        "test_acc_top5": "test top-5 %", "epochs": "epochs", "sec_per_epoch": "s/epoch",
-        "images_per_sec": "images/s", "error": "error",
-    }  # fmt: skip
-    keys = [k for k in headers if any(row.get(k) is not None for row in rows)]
-    lines = ["| " + " | ".join(headers[k] for k in keys) + " |"]
-    numeric = {
-        "params",
-        "val_acc_best",
-        "test_acc",
-        "test_acc_top5",
-        "epochs",
-        "sec_per_epoch",
-        "images_per_sec",
-    }
-    lines.append("|" + "|".join("---:" if k in numeric else "---" for k in keys) + "|")
-    lines += ["| " + " | ".join(cell(k, row.get(k)) for k in keys) + " |" for row in rows]
+    shown = [k for k in HEADERS if k != "n" or grouped]
+    keys = [k for k in shown if any(row.get(k) is not None for row in rows)]
+    lines = ["| " + " | ".join(HEADERS[k] for k in keys) + " |"]
+    lines.append("|" + "|".join("---:" if k == "n" or k in METRICS else "---" for k in keys) + "|")
+    for row in rows:
+        cells = [stat_cell(k, row) if grouped and k in METRICS else cell(k, row.get(k)) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -261,21 +387,21 @@ def cumulative(values: Sequence[tuple[int, float]]) -> dict[int, float]:
     return out
 
 
-def plot_all(runs: Sequence[Run], names: Sequence[str], out: Path) -> list[str]:
-    """The four PNG plots; returns the file names written."""
+def plot_all(groups: Sequence[Group], names: Sequence[str], out: Path) -> list[str]:
+    """The four PNG plots, one curve or point per seed group with its ± std error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    done = [(run, name) for run, name in zip(runs, names) if run.status == "completed"]
+    done = [(group, name) for group, name in zip(groups, names) if group.completed]
     colors = plt.get_cmap("tab10" if len(done) <= 10 else "tab20")
-    markers = "osD^vP*X<>"  # runs with equal results still show: each has its own marker
-    style = {
-        run.dir: dict(color=colors(i % colors.N), marker=markers[i % len(markers)], label=name)
-        for i, (run, name) in enumerate(done)
-    }
+    markers = "osD^vP*X<>"  # groups with equal results still show: each has its own marker
+    styles = [
+        dict(color=colors(i % colors.N), marker=markers[i % len(markers)], label=name)
+        for i, (_, name) in enumerate(done)
+    ]
     written = []
 
     def save(fig, ax, file: str, xlabel: str, ylabel: str) -> None:
@@ -289,12 +415,17 @@ def plot_all(runs: Sequence[Run], names: Sequence[str], out: Path) -> list[str]:
 
     def curves(file: str, metric: str, ylabel: str, x_of=None, xlabel: str = "epoch") -> None:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for run, _ in done:
-            points = run.history.get(metric, [])
-            xs = x_of(run) if x_of else {epoch: epoch + 1 for epoch, _ in points}
-            points = [(xs[epoch], value) for epoch, value in points if epoch in xs]
+        for (group, _), style in zip(done, styles):
+            ys = epoch_stats([dict(run.history.get(metric, [])) for run in group.completed])
+            if x_of:  # e.g. cumulated training seconds: the group's mean at each epoch
+                xs = {e: s.mean for e, s in epoch_stats([x_of(run) for run in group.completed]).items()}
+            else:
+                xs = {epoch: epoch + 1 for epoch in ys}
+            points = [(xs[epoch], s) for epoch, s in ys.items() if epoch in xs]
             if points:
-                ax.plot(*zip(*points), markersize=4, alpha=0.85, **style[run.dir])
+                x, y = [p[0] for p in points], [p[1].mean for p in points]
+                spread = [p[1].std or 0.0 for p in points]
+                ax.errorbar(x, y, yerr=spread, markersize=4, capsize=2, elinewidth=0.8, alpha=0.85, **style)
         if not x_of:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         save(fig, ax, file, xlabel, ylabel)
@@ -308,10 +439,13 @@ def plot_all(runs: Sequence[Run], names: Sequence[str], out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     sizes = []
-    for run, _ in done:
-        params, acc = run.metrics.get("params"), run.metrics.get("val/acc_best")
-        if params and acc is not None:
-            ax.scatter(params, acc, s=40, alpha=0.85, **style[run.dir])
+    for (group, _), style in zip(done, styles):
+        params = stat(run.metrics.get("params") for run in group.completed).mean
+        acc = stat(run.metrics.get("val/acc_best") for run in group.completed)
+        if params and acc.mean is not None:
+            ax.errorbar(
+                params, acc.mean, yerr=acc.std or 0.0, linestyle="none", capsize=3, alpha=0.85, **style
+            )
             sizes.append(params)
     if sizes and max(sizes) > 10 * min(sizes):
         ax.set_xscale("log")
@@ -322,7 +456,10 @@ def plot_all(runs: Sequence[Run], names: Sequence[str], out: Path) -> list[str]:
 
 
 def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path:
-    """Write report.csv, report.md and the plots for every run below ``root``; returns report.md."""
+    """Write report.csv (seed groups), runs.csv, report.md and the plots for every run below ``root``.
+
+    Returns report.md.
+    """
     shown, root = Path(root), Path(root).resolve()  # the path as given goes into report.md
     if not root.is_dir():
         raise UserError(f"{root} is not a directory: give a run, multirun or outputs directory")
@@ -331,19 +468,40 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
         raise UserError(f"no runs below {root} (no metrics.json, error.txt or .hydra/): check the path")
     out = Path(out).resolve() if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = summary_rows(runs, root)
-    write_csv(rows, out / "report.csv")
-    images = plot_all(runs, [row["label"] for row in rows], out) if plots else []
+
+    run_rows = [run_row(run, label, root) for run, label in zip(runs, labels(runs, root))]
+    row_of = {run.dir: row for run, row in zip(runs, run_rows)}
+    groups = group_runs(runs)
+    directories = [", ".join(relative(run.dir, root) for run in group.runs) for group in groups]
+    names = labels([group.runs[0] for group in groups], root, seeds=False, fallback=directories)
+    group_rows = [group_row([row_of[run.dir] for run in g.runs], name) for g, name in zip(groups, names)]
+    write_csv(group_rows, out / "report.csv", GROUP_COLUMNS)
+    write_csv(run_rows, out / "runs.csv", RUN_COLUMNS)
+    images = plot_all(groups, names, out) if plots else []
 
     counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "incomplete")}
-    lines = [
-        f"# Runs in {root.name}",
-        "",
-        f"{len(runs)} runs below `{shown}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
-        "",
-        markdown_table(rows),
-        "",
-    ]
+    summary = f"{len(runs)} runs below `{shown}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if any(len(group.runs) > 1 for group in groups):
+        table = markdown_table(group_rows, grouped=True)
+        body = [
+            f"{summary}, in {len(groups)} seed groups (runs that differ only in their seeds).",
+            "",
+            "## Seed groups",
+            "",
+            "Each metric: mean ± sample standard deviation (n - 1 in the denominator) over the group's",
+            "completed runs; n counts them, `(n=k)` marks a metric fewer of them reported. Failed runs",
+            "are counted in the status and left out of the numbers.",
+            "",
+            table,
+            "",
+            "## Runs",
+            "",
+            markdown_table(run_rows),
+        ]
+    else:
+        table = markdown_table(run_rows)
+        body = [f"{summary}.", "", table]
+    lines = [f"# Runs in {root.name}", "", *body, ""]
     best = read_yaml(root / "optimization_results.yaml")
     if best:
         lines += [
@@ -358,8 +516,9 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
         lines += [f"![{PLOTS[image]}]({image})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    print(markdown_table(rows))
-    print(f"\nreport: {report} ({len(runs)} runs; report.csv and {len(images)} plots beside it)")
+    print(table)
+    beside = f"report.csv, runs.csv and {len(images)} plots beside it"
+    print(f"\nreport: {report} ({len(runs)} runs in {len(groups)} seed groups; {beside})")
     return report
 
 
