@@ -480,11 +480,12 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
     images = plot_all(groups, names, out) if plots else []
 
     counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "incomplete")}
-    summary = f"{len(runs)} runs below `{shown}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    statuses = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    summary = f"{plural(len(runs), 'run')} below `{shown}`: {statuses}"
     if any(len(group.runs) > 1 for group in groups):
         table = markdown_table(group_rows, grouped=True)
         body = [
-            f"{summary}, in {len(groups)} seed groups (runs that differ only in their seeds).",
+            f"{summary}, in {plural(len(groups), 'seed group')} (runs that differ only in their seeds).",
             "",
             "## Seed groups",
             "",
@@ -518,8 +519,12 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
     report.write_text("\n".join(lines))
     print(table)
     beside = f"report.csv, runs.csv and {len(images)} plots beside it"
-    print(f"\nreport: {report} ({len(runs)} runs in {len(groups)} seed groups; {beside})")
+    print(f"\nreport: {report} ({plural(len(runs), 'run')} in {plural(len(groups), 'seed group')}; {beside})")
     return report
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
