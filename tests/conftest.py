@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -78,30 +75,11 @@ def train_config(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-
-
-def make_mnist_folder(folder, train_images, train_labels, test_images, test_labels, compress=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if compress else ""
-    write_idx(folder / f"train-images-idx3-ubyte{suffix}", train_images, compress)
-    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", train_labels, compress)
-    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", test_images, compress)
-    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", test_labels, compress)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def real_mnist_folder(tmp_path_factory):
     """Real MNIST digits in the real format: train = first 8,000 test images, test = the other 2,000."""
     if not SHARED_MNIST.is_dir():
         pytest.skip("../shared/data/mnist is not here")
-    from vit_rpe.data.mnist import read_idx
+    from vit_rpe.data.mnist_subset import write_test_split
 
-    images = read_idx(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
-    folder = tmp_path_factory.mktemp("mnist")
-    return make_mnist_folder(folder, images[:8000], labels[:8000], images[8000:], labels[8000:])
+    return write_test_split(SHARED_MNIST, tmp_path_factory.mktemp("mnist"), train=8000)

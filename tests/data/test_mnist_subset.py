@@ -1,0 +1,52 @@
+"""The CPU study's MNIST folder, built from the official test files alone."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_MNIST
+from vit_rpe.data import MNISTDataModule
+from vit_rpe.data.mnist import read_idx, write_idx
+from vit_rpe.utils.errors import DataError
+
+
+def fake_test_files(folder, count=30):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (count, 28, 28)).astype(np.uint8)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels, compress=False)  # either form is read
+    return images, labels
+
+
+def test_train_is_the_first_test_images_and_test_the_rest(tmp_path):
+    from vit_rpe.data.mnist_subset import main
+
+    images, labels = fake_test_files(tmp_path / "official")
+    main([str(tmp_path / "official"), str(tmp_path / "subset"), "--train", "20"])
+    subset = tmp_path / "subset"
+    np.testing.assert_array_equal(read_idx(subset / "train-images-idx3-ubyte.gz"), images[:20])
+    np.testing.assert_array_equal(read_idx(subset / "train-labels-idx1-ubyte.gz"), labels[:20])
+    np.testing.assert_array_equal(read_idx(subset / "t10k-images-idx3-ubyte.gz"), images[20:])
+    np.testing.assert_array_equal(read_idx(subset / "t10k-labels-idx1-ubyte.gz"), labels[20:])
+    dm = MNISTDataModule(data_dir=subset, val_size=5, seed=0, download=False)
+    dm.setup()
+    assert [len(dm.splits[s][1]) for s in ("train", "val", "test")] == [15, 5, 10]
+
+
+def test_bad_source_or_size_is_a_clear_error(tmp_path, capsys):
+    from vit_rpe.data.mnist_subset import main, write_test_split
+
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        write_test_split(tmp_path / "nothing", tmp_path / "out")
+    fake_test_files(tmp_path / "official")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "official"), str(tmp_path / "out"), "--train", "30"])
+    assert exit_info.value.code == 1 and "--train 30" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not here")
+def test_the_shared_files_give_8000_and_2000(real_mnist_folder):
+    """The tests' real_mnist_folder is this folder."""
+    assert len(read_idx(real_mnist_folder / "train-labels-idx1-ubyte.gz")) == 8000
+    assert len(read_idx(real_mnist_folder / "t10k-labels-idx1-ubyte.gz")) == 2000
