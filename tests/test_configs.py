@@ -19,6 +19,7 @@ GROUPS = [
     "paths",
     "hydra",
     "experiment",
+    "variant",
     "debug",
     "hparams_search",
 ]
