@@ -43,6 +43,14 @@ GROUP_COLUMNS = (
     "run", "label", "status", *DESCRIPTION, "seeds", "n", "failed",
     *(f"{metric}{suffix}" for metric in METRICS for suffix in ("", "_std", "_n")), "error",
 )  # fmt: skip
+ACCURACIES = ("val_acc_best", "test_acc", "test_acc_top5")
+# Column headers of report.md (accuracies in %).
+HEADERS = {
+    "label": "run", "status": "status", "model": "model", "attention": "attention", "rpe": "rpe",
+    "data": "data", "n": "n", "params": "params", "val_acc_best": "best val acc %",
+    "test_acc": "test top-1 %", "test_acc_top5": "test top-5 %", "epochs": "epochs",
+    "sec_per_epoch": "s/epoch", "images_per_sec": "images/s", "error": "error",
+}  # fmt: skip
 # Not part of what a run is: where it was written, what it was called, how it was started or resumed.
 # Seeds (the key ``seed`` at any depth: data.seed and callbacks.step_seed.seed copy the top-level
 # one) are what a seed group varies. Values inside the run's own directory are left out as well.
@@ -303,26 +311,25 @@ def run_row(run: Run, label: str, root: Path) -> dict[str, Any]:
     }
 
 
-def group_row(run_rows: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
-    """A seed group's line: each metric's mean, sample std and n over its completed runs.
-
-    Failed and incomplete runs are counted in ``status`` (and ``failed``) and left out of the numbers.
-    """
-    done = [row for row in run_rows if row["status"] == "completed"]
-    counts = {s: sum(row["status"] == s for row in run_rows) for s in ("completed", "failed", "incomplete")}
+def group_row(members: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
+    """A seed group's line from its runs' lines: each metric's mean, sample std and n over the
+    completed runs. Failed and incomplete runs are counted in ``status`` (and ``failed``) and left
+    out of the numbers."""
+    done = [m for m in members if m["status"] == "completed"]
+    counts = {s: sum(m["status"] == s for m in members) for s in ("completed", "failed", "incomplete")}
     mixed = sum(n > 0 for n in counts.values()) > 1
     row = {
-        "run": ";".join(row["run"] for row in run_rows),
+        "run": ";".join(m["run"] for m in members),
         "label": label,
-        "status": ", ".join(f"{n} {s}" for s, n in counts.items() if n) if mixed else run_rows[0]["status"],
-        **{key: run_rows[0][key] for key in DESCRIPTION},
-        "seeds": ";".join(str(row["seed"]) for row in run_rows if row["seed"] is not None) or None,
+        "status": ", ".join(f"{n} {s}" for s, n in counts.items() if n) if mixed else members[0]["status"],
+        **{key: members[0][key] for key in DESCRIPTION},
+        "seeds": ";".join(str(m["seed"]) for m in members if m["seed"] is not None) or None,
         "n": len(done),
         "failed": counts["failed"],
-        "error": next((row["error"] for row in run_rows if row["error"]), None),
+        "error": next((m["error"] for m in members if m["error"]), None),
     }
     for metric in METRICS:
-        mean, std, n = stat(row[metric] for row in done)
+        mean, std, n = stat(m[metric] for m in done)
         row |= {metric: mean, f"{metric}_std": std, f"{metric}_n": n}
     return row
 
@@ -332,15 +339,6 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in columns} for row in rows)
-
-
-ACCURACIES = ("val_acc_best", "test_acc", "test_acc_top5")
-HEADERS = {
-    "label": "run", "status": "status", "model": "model", "attention": "attention", "rpe": "rpe",
-    "data": "data", "n": "n", "params": "params", "val_acc_best": "best val acc %",
-    "test_acc": "test top-1 %", "test_acc_top5": "test top-5 %", "epochs": "epochs",
-    "sec_per_epoch": "s/epoch", "images_per_sec": "images/s", "error": "error",
-}  # fmt: skip
 
 
 def cell(key: str, value: Any) -> str:
