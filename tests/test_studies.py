@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
 from tests.test_sweep import SWEEP_FAST, read_report, run_train_main
-from vit_rpe.data.mnist import write_mnist_folder
+from vit_rpe.data.synthetic import write_mnist
 from vit_rpe.report import Run, experiment_key, load_run, make_report
 
 STUDIES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*_study.yaml"))
@@ -98,7 +98,7 @@ def test_a_study_runs_as_one_multirun_and_reports_its_seed_groups(tmp_path, monk
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (90, 28, 28)).astype(np.uint8)
     labels = np.arange(90) % 10
-    folder = write_mnist_folder(tmp_path / "mnist", images[:60], labels[:60], images[60:], labels[60:])
+    folder = write_mnist(tmp_path / "mnist", images[:60], labels[:60], images[60:], labels[60:])
     sweep = tmp_path / "sweep"
     tiny = (f"data.data_dir={folder}", "data.val_size=20", "data.batch_size=16", "model.net.patch_size=7")
     code = run_train_main(

@@ -9,7 +9,8 @@ import torch
 
 from tests.conftest import SHARED_MNIST
 from vit_rpe.data import DigitsDataModule, MNISTDataModule
-from vit_rpe.data.mnist import read_idx, write_idx, write_mnist_folder
+from vit_rpe.data.mnist import read_idx
+from vit_rpe.data.synthetic import write_idx, write_mnist
 from vit_rpe.utils.errors import DataError
 
 # Published class counts of the MNIST test and training labels.
@@ -62,7 +63,7 @@ def test_validation_is_a_seeded_stratified_share_of_train(real_mnist_folder):
 def test_torchvision_raw_layout_uncompressed(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (30, 28, 28)), rng.integers(0, 10, 30)
-    write_mnist_folder(tmp_path / "MNIST" / "raw", images, labels, images[:10], labels[:10], compress=False)
+    write_mnist(tmp_path / "MNIST" / "raw", images, labels, images[:10], labels[:10], compress=False)
     dm = MNISTDataModule(data_dir=tmp_path, val_size=15, download=False)
     dm.setup()
     assert len(dm.splits["train"][1]) + len(dm.splits["val"][1]) == 30 and len(dm.splits["test"][1]) == 10

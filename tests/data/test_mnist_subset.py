@@ -5,7 +5,8 @@ import pytest
 
 from tests.conftest import SHARED_MNIST
 from vit_rpe.data import MNISTDataModule
-from vit_rpe.data.mnist import read_idx, write_idx
+from vit_rpe.data.mnist import read_idx
+from vit_rpe.data.synthetic import write_idx
 from vit_rpe.utils.errors import DataError
 
 

@@ -50,27 +50,6 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write_idx(path: str | Path, array: np.ndarray, compress: bool = True) -> None:
-    """Write uint8 values as an IDX file, gzipped like the published MNIST files when ``compress``."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    Path(path).write_bytes(gzip.compress(data) if compress else data)
-
-
-def write_mnist_folder(
-    folder: str | Path, train_images, train_labels, test_images, test_labels, compress: bool = True
-) -> Path:
-    """The four MNIST files in ``folder``, as ``data=mnist data.data_dir=<folder>`` reads them."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if compress else ""
-    write_idx(folder / f"train-images-idx3-ubyte{suffix}", train_images, compress)
-    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", train_labels, compress)
-    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", test_images, compress)
-    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", test_labels, compress)
-    return folder
-
-
 def find_mnist_file(data_dir: Path, name: str) -> Path | None:
     """The file in ``data_dir`` or torchvision's ``data_dir/MNIST/raw``, gzipped or not."""
     for folder in (data_dir, data_dir / "MNIST" / "raw"):

@@ -14,7 +14,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from vit_rpe.data.mnist import find_mnist_file, read_idx, write_mnist_folder
+from vit_rpe.data.mnist import find_mnist_file, read_idx
+from vit_rpe.data.synthetic import write_mnist
 from vit_rpe.utils.errors import DataError, UserError
 from vit_rpe.utils.run import exit_on_user_error
 
@@ -31,7 +32,7 @@ def write_test_split(source: str | Path, dest: str | Path, train: int = 8000) ->
     images, labels = arrays
     if not 0 < train < len(labels):
         raise UserError(f"--train {train} leaves no test images: give a number from 1 to {len(labels) - 1}")
-    return write_mnist_folder(dest, images[:train], labels[:train], images[train:], labels[train:])
+    return write_mnist(dest, images[:train], labels[:train], images[train:], labels[train:])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

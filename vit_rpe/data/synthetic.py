@@ -1,14 +1,17 @@
-"""Small datasets written in the real on-disk formats, for tests and the data benchmark.
+"""Datasets written in the real on-disk formats, for tests, the data benchmark and data subsets.
 
 Each class has its own mean colour plus noise, so a model can learn them. The writers follow the
-published layouts exactly (CIFAR pickles with bytes keys, the tiny-imagenet-200 tree, the hub's
-parquet layout with a ClassLabel), so the readers are exercised as they are on real data.
+published layouts exactly (MNIST's IDX files, CIFAR pickles with bytes keys, the tiny-imagenet-200
+tree, the hub's parquet layout with a ClassLabel), so the readers are exercised as they are on
+real data.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,27 @@ def class_images(labels: np.ndarray, size: int, rng: np.random.Generator, channe
     colours = np.random.default_rng(0).integers(30, 226, size=(int(labels.max()) + 1, channels))
     noise = rng.normal(0, 25, size=(len(labels), size, size, channels))
     return np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def write_idx(path: str | Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write uint8 values as an IDX file, gzipped like the published MNIST files when ``compress``."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(gzip.compress(data) if compress else data)
+
+
+def write_mnist(
+    folder: str | Path, train_images, train_labels, test_images, test_labels, compress: bool = True
+) -> Path:
+    """The four MNIST files in ``folder``, as ``data=mnist data.data_dir=<folder>`` reads them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", train_images, compress)
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", train_labels, compress)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", test_images, compress)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", test_labels, compress)
+    return folder
 
 
 def write_cifar10(root: Path, n_train: int = 100, n_test: int = 20, seed: int = 0) -> Path:
