@@ -82,6 +82,7 @@ def test_cifar10_study_rows_are_seed_003s_models(tmp_path):
         )
         assert (cfg.model.net.embed_dim, cfg.model.net.depth, cfg.model.net.num_heads) == (128, 4, 8)
         assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.model.optimizer.lr) == (40, 128, 1e-3)
+        assert (cfg.data.randaugment, cfg.data.mixup, cfg.model.scheduler.warmup_epochs) == (None, 0, 4)
     assert {v: f[:3] for v, f in found.items()} == {
         "softmax_patch2": ("softmax", "linear", 256),
         "linear_patch1": ("linear", "linear", 1024),
