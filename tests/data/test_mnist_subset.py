@@ -30,9 +30,9 @@ def test_train_is_the_first_test_images_and_test_the_rest(tmp_path):
     np.testing.assert_array_equal(read_idx(subset / "train-labels-idx1-ubyte.gz"), labels[:20])
     np.testing.assert_array_equal(read_idx(subset / "t10k-images-idx3-ubyte.gz"), images[20:])
     np.testing.assert_array_equal(read_idx(subset / "t10k-labels-idx1-ubyte.gz"), labels[20:])
-    dm = MNISTDataModule(data_dir=subset, val_size=5, seed=0, download=False)
+    dm = MNISTDataModule(data_dir=subset, val_size=10, seed=0, download=False)
     dm.setup()
-    assert [len(dm.splits[s][1]) for s in ("train", "val", "test")] == [15, 5, 10]
+    assert [len(dm.splits[s][1]) for s in ("train", "val", "test")] == [10, 10, 10]
 
 
 def test_bad_source_or_size_is_a_clear_error(tmp_path, capsys):
