@@ -115,6 +115,9 @@ def test_a_study_runs_as_one_multirun_and_reports_its_seed_groups(tmp_path, monk
     rows = read_report(tmp_path / "report" / "report.csv")
     arms = len(jobs) // 3
     assert len(rows) == arms and {row["n"] for row in rows} == {"3"} and {r["failed"] for r in rows} == {"0"}
+    assert [row["label"] for row in rows] == [
+        f"model={m}, rpe={r}" for m in ("vit", "performer") for r in ("none", "exp")
+    ]
     for row in rows:
         runs = [sweep / job for job in row["run"].split(";")]
         accuracies = [json.loads((run / "metrics.json").read_text())["test/acc"] for run in runs]
