@@ -35,6 +35,28 @@ def test_train_is_the_first_test_images_and_test_the_rest(tmp_path):
     assert [len(dm.splits[s][1]) for s in ("train", "val", "test")] == [10, 10, 10]
 
 
+def test_shifted_training_images_are_moved_copies_of_the_first_and_test_the_rest(tmp_path):
+    from vit_rpe.data.mnist_subset import main
+
+    images, labels = fake_test_files(tmp_path / "official")
+    main([str(tmp_path / "official"), str(tmp_path / "shifted"), "--train", "10", "--shifted", "40"])
+    train = read_idx(tmp_path / "shifted" / "train-images-idx3-ubyte.gz")
+    train_labels = read_idx(tmp_path / "shifted" / "train-labels-idx1-ubyte.gz")
+    np.testing.assert_array_equal(read_idx(tmp_path / "shifted" / "t10k-images-idx3-ubyte.gz"), images[10:])
+    # every training image is one of the 10 sources moved by (dy, dx) in [-2, 2]^2 with zero fill
+    padded = np.pad(images[:10], ((0, 0), (2, 2), (2, 2)))
+    moves = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    moved = np.stack([padded[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx] for dy, dx in moves])
+    sources, used_moves = [], set()
+    for image, label in zip(train, train_labels):
+        move, source = np.argwhere((moved == image).all(axis=(2, 3)))[0]
+        assert labels[source] == label
+        sources.append(source)
+        used_moves.add(move)
+    assert np.bincount(sources, minlength=10).tolist() == [4] * 10  # each source equally often
+    assert len(used_moves) > 10  # shifted, not copied
+
+
 def test_bad_source_or_size_is_a_clear_error(tmp_path, capsys):
     from vit_rpe.data.mnist_subset import main, write_test_split
 
