@@ -51,10 +51,11 @@ def quiet_trainer(tmp_path: Path, **options) -> L.Trainer:
     return L.Trainer(accelerator="cpu", default_root_dir=tmp_path, **{**quiet, **options})
 
 
-def compose_config(config_name: str, overrides, output_dir: Path) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` as the CLI would, with run files under ``output_dir``."""
+def compose_config(config_name: str, overrides, output_dir: Path, conf_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` (or another tree's) as the CLI would, with run files
+    under ``output_dir``."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
