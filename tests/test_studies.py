@@ -101,7 +101,7 @@ def test_a_study_runs_as_one_multirun_and_reports_its_seed_groups(tmp_path, monk
     labels = np.arange(90) % 10
     folder = write_mnist(tmp_path / "mnist", images[:60], labels[:60], images[60:], labels[60:])
     sweep = tmp_path / "sweep"
-    tiny = (f"data.data_dir={folder}", "data.val_size=20", "data.batch_size=16", "model.net.patch_size=7")
+    tiny = (f"data.data_dir={folder}", "data.val_size=20", "data.batch_size=16", "model.net.embed_dim=16")
     code = run_train_main(
         "-m", f"experiment={study}", *tiny, *SWEEP_FAST, f"hydra.sweep.dir={sweep}", monkeypatch=monkeypatch
     )
