@@ -26,10 +26,11 @@ def class_images(labels: np.ndarray, size: int, rng: np.random.Generator, channe
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool = True) -> None:
-    """Write uint8 values as an IDX file, gzipped like the published MNIST files when ``compress``."""
+    """Write uint8 values as an IDX file, gzipped like the published MNIST files when ``compress``
+    (with no timestamp: the same array gives the same bytes)."""
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    Path(path).write_bytes(gzip.compress(data) if compress else data)
+    Path(path).write_bytes(gzip.compress(data, mtime=0) if compress else data)
 
 
 def write_mnist(
