@@ -81,6 +81,10 @@ def test_bad_source_or_size_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "official"), str(tmp_path / "out"), "--train", "30"])
     assert exit_info.value.code == 1 and "--train 30" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "official"), str(tmp_path / "out"), "--train", "10", "--shifted", "0"])
+    assert exit_info.value.code == 1 and "--shifted 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not here")

@@ -17,9 +17,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from vit_rpe.data.mnist import find_mnist_file, read_idx
 import numpy as np
 
+from vit_rpe.data.mnist import find_mnist_file, read_idx
 from vit_rpe.data.synthetic import write_mnist
 from vit_rpe.utils.errors import DataError, UserError
 from vit_rpe.utils.run import exit_on_user_error
@@ -50,7 +50,12 @@ def write_test_split(source: str | Path, dest: str | Path, train: int = 8000) ->
 
 
 def write_shifted_mnist(
-    source: str | Path, dest: str | Path, n_train: int = 60000, train: int = 8000, max_shift: int = 2, seed: int = 0
+    source: str | Path,
+    dest: str | Path,
+    n_train: int = 60000,
+    train: int = 8000,
+    max_shift: int = 2,
+    seed: int = 0,
 ) -> Path:
     """Like ``write_test_split``, with ``n_train`` training images made from the first ``train``.
 
@@ -60,6 +65,8 @@ def write_shifted_mnist(
     """
     images, labels = read_test_files(source)
     check_train_count(train, len(labels))
+    if n_train < 1:
+        raise UserError(f"--shifted {n_train} makes no training images: give a positive number, e.g. 60000")
     rng = np.random.default_rng(seed)
     sources = rng.permutation(np.arange(n_train) % train)
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n_train, 2))
@@ -76,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("source", type=Path, help="a folder with t10k-images-idx3-ubyte(.gz) and its labels")
     parser.add_argument("dest", type=Path, help="the folder to write (data.data_dir of the runs)")
     parser.add_argument("--train", type=int, default=8000, help="test images that become the training set")
-    parser.add_argument("--shifted", type=int, default=None, help="this many training images: shifts of those")
+    parser.add_argument(
+        "--shifted", type=int, default=None, help="this many training images: shifts of those"
+    )
     args = parser.parse_args(argv)
     if args.shifted is None:
         dest = exit_on_user_error(lambda _: write_test_split(args.source, args.dest, args.train), None)
@@ -85,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         dest = exit_on_user_error(
             lambda _: write_shifted_mnist(args.source, args.dest, args.shifted, args.train), None
         )
-        print(f"{dest}: {args.shifted} training images shifted from {args.train} digits, the rest for testing")
+        print(
+            f"{dest}: {args.shifted} training images shifted from {args.train} digits, the rest for testing"
+        )
 
 
 if __name__ == "__main__":
