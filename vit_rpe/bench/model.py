@@ -42,7 +42,7 @@ SIZES = {
             num_heads=4,
             mlp_ratio=2.0,
             pool="mean",
-        ),  # conf/experiment/quickstart.yaml
+        ),  # conf/model/net/digits.yaml, the quickstart's network
         batch=32,
         models=["softmax", "performer+exp"],
     ),
