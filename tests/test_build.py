@@ -31,21 +31,22 @@ def config_error_of(train_config, *overrides: str) -> str:
     return str(error)
 
 
-def test_timm_with_the_quickstart_experiment_names_the_key_it_cannot_take(train_config):
-    message = config_error_of(train_config, "experiment=quickstart", "model=timm_vit")
-    # pool is the from-scratch ViT's; the size keys pass through to timm
-    assert "model=timm_vit" in message and "model.net.pool (set by experiment=quickstart)" in message
-    assert "embed_dim" not in message.split("takes:")[0]
-    assert "~model.net.pool" in message  # the fix, as a command-line override
+def test_timm_with_a_study_variant_names_the_key_it_cannot_take(train_config):
+    message = config_error_of(train_config, "variant=linear_patch1", "model=timm_vit")
+    # patch_embed is the from-scratch ViT's; patch_size passes through to timm
+    assert "model=timm_vit" in message and "model.net.patch_embed (set by variant=linear_patch1)" in message
+    assert "patch_size" not in message.split("takes:")[0]
+    assert "~model.net.patch_embed" in message  # the fix, as a command-line override
 
 
-def test_hf_vit_with_the_quickstart_experiment_names_every_key_it_cannot_take(train_config, hf_folder):
+def test_hf_vit_with_a_timm_experiment_names_every_key_it_cannot_take(train_config, hf_folder):
+    experiment = "mnist_vit_small_pretrained_vs_scratch"
     message = config_error_of(
-        train_config, "experiment=quickstart", "model=hf_vit", f"model.net.name_or_path={hf_folder}"
+        train_config, f"experiment={experiment}", "model=hf_vit", f"model.net.name_or_path={hf_folder}"
     )
-    refused = message.split(" (set by experiment=quickstart)")[0]
-    for key in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pool", "drop_path_rate"):
-        assert f"model.net.{key}" in refused
+    refused = message.split(f" (set by experiment={experiment})")[0]
+    for key in ("name", "pretrained", "img_size", "patch_size", "drop_path_rate"):
+        assert f"model.net.{key}," in refused or refused.endswith(f"model.net.{key}")
     assert "model=hf_vit" in message
 
 
@@ -70,10 +71,10 @@ def test_rpe_with_a_pretrained_model_is_the_message_even_with_other_bad_keys(tra
     assert f"model={model}" in message
 
 
-def test_timm_takes_the_size_keys_of_the_quickstart_experiment(train_config):
+def test_timm_takes_the_size_keys_of_a_from_scratch_network(train_config):
     cfg = train_config(
-        "experiment=quickstart",
         "model=timm_vit",
+        "+model/net=digits",
         "~model.net.pool",
         "model.net.pretrained=false",
         "model.net.img_size=8",

@@ -127,9 +127,9 @@ TRAIN_ROWS = [
     ),
     (
         "pretrained-scratch-keys",
-        ["experiment=quickstart", "model=timm_vit"],
+        ["variant=linear_patch1", "model=timm_vit"],
         ConfigError,
-        "does not take model.net.pool (set by experiment=quickstart)",
+        "does not take model.net.patch_embed (set by variant=linear_patch1)",
     ),
     (
         "pretrained-with-rpe",
@@ -224,8 +224,8 @@ CLI_ROWS = {
         "error: rpe=exp works with the from-scratch ViT only",
     ),
     "cli-pretrained-with-scratch-keys": (
-        ["experiment=quickstart", "model=hf_vit"],
-        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.patch_size",
+        ["experiment=mnist_vit_small_pretrained_vs_scratch", "model=hf_vit"],
+        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.name",
     ),
 }
 
