@@ -108,6 +108,28 @@ def test_eval_of_a_fine_tuned_pretrained_run_needs_only_its_checkpoint(model, tm
     assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
+@pytest.mark.parametrize("model", ["timm_vit", "hf_vit"])
+def test_a_fine_tuned_pretrained_run_resumes_without_its_source(model, tmp_path, monkeypatch):
+    """Resuming rebuilds the backbone from the checkpoint's record of its source: the source file
+    is gone and there is no hub, and the run goes on from its weights."""
+    source = tmp_path / "source"
+    trainer = [o for o in FAST if not o.startswith("model.")]
+    first = train(
+        compose_config(
+            "train",
+            [*trainer, f"model={model}", *pretrained_source(model, source), "trainer.max_epochs=1"],
+            tmp_path / "run",
+        )
+    )
+    shutil.rmtree(source)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    run_dir = tmp_path / "run"
+    more = train(compose_config("train", [f"resume_dir={run_dir}", "trainer.max_epochs=2"], run_dir))
+    assert (first["epochs"], more["epochs"]) == (1, 2)
+    assert "resolved_source" not in (run_dir / "config.yaml").read_text()  # the user's config, as written
+
+
 def test_eval_loss_is_the_mean_over_images_whatever_the_batch_size(trained, tmp_path):
     """A run's test loss and eval's agree when eval batches differently (the data config's
     default batch size, not the experiment's): the loss is averaged over images, not batches."""

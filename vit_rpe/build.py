@@ -9,6 +9,7 @@ from the other: eval once tested pretrained checkpoints without their preprocess
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Mapping
@@ -29,10 +30,17 @@ from vit_rpe.utils.errors import CheckpointError, ConfigError
 log = logging.getLogger("vit_rpe.build")
 
 
-def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[ImageDataModule, ImageClassifier]:
+def build_run(
+    cfg: DictConfig, ckpt_path: str | None = None, resuming: Mapping[str, Any] | None = None
+) -> tuple[ImageDataModule, ImageClassifier]:
     """The datamodule of ``cfg.data`` and the model of ``cfg.model``, or, with ``ckpt_path``, the
     model that checkpoint saved (its config and weights; a pretrained backbone is rebuilt without
-    its source). Seeds before the model is built, so its initial weights follow ``cfg.seed``."""
+    its source). Seeds before the model is built, so its initial weights follow ``cfg.seed``.
+
+    ``resuming``: the checkpoint a training run continues from. Its weights replace the built
+    ones, so a pretrained backbone is rebuilt from the checkpoint's record of its source, not
+    from the hub or the source file (they may be gone, and their weights would be thrown away).
+    """
     ckpt = read_task_checkpoint(ckpt_path) if ckpt_path else None
     datamodule: ImageDataModule = instantiate(cfg.data)
     fill_data_metadata(cfg, datamodule)
@@ -49,12 +57,26 @@ def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[ImageDataM
     L.seed_everything(cfg.seed, workers=True)
     log.info("data: %s", cfg.data._target_)
     log.info("model: %s", model_cfg.net._target_)
+    if resuming is not None:
+        model_cfg = with_recorded_source(model_cfg, resuming["hyper_parameters"]["net"])
     model: ImageClassifier = instantiate(model_cfg)
     datamodule.apply_data_config(getattr(model.net, "data_config", None))
     if ckpt is not None:
         check_matches_data(ckpt["hyper_parameters"], datamodule, ckpt_path)
         load_weights(model, ckpt["state_dict"], source=ckpt_path)
     return datamodule, model
+
+
+def with_recorded_source(model_cfg: DictConfig, saved_net: Mapping[str, Any]) -> DictConfig:
+    """``model_cfg`` with the ``resolved_source`` a checkpoint recorded for its pretrained backbone
+    (see models/pretrained.py); unchanged for a backbone without one."""
+    source = saved_net.get("resolved_source")
+    if source is None or saved_net.get("_target_") != model_cfg.net.get("_target_"):
+        return model_cfg  # check_fits names a checkpoint of another model
+    model_cfg = copy.deepcopy(model_cfg)  # the run's config.yaml keeps what the user wrote
+    with open_dict(model_cfg):
+        model_cfg.net.resolved_source = source
+    return model_cfg
 
 
 def target_of(cls: type) -> str:

@@ -65,7 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
-    datamodule, model = build_run(cfg)
+    resumed = read_task_checkpoint(ckpt_path) if ckpt_path else None
+    datamodule, model = build_run(cfg, resuming=resumed)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -73,11 +74,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if ckpt_path:  # fail before training on a checkpoint of another model; keep the CSV log going
-        ckpt = read_task_checkpoint(ckpt_path)
-        check_fits(model, ckpt, ckpt_path)
-        continue_csv_logs(loggers, int(ckpt.get("global_step", 0)))
-        del ckpt
+    if resumed is not None:  # fail before training on a checkpoint of another model; keep the CSV log going
+        check_fits(model, resumed, ckpt_path)
+        continue_csv_logs(loggers, int(resumed.get("global_step", 0)))
+        del resumed  # Lightning reads it again, with the optimizer and loop states
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if cfg.get("train", True):
