@@ -63,7 +63,8 @@ def test_mnist_from_real_idx_files(train_config, real_mnist_folder):
         "data.val_size=1000",
         "data.download=false",
         *LEARNS,
-        "model.net.patch_size=14",
+        "model.net.patch_size=14",  # a 2x2 grid, through the linear embedding (a conv stem needs 2**k)
+        "model.net.patch_embed=linear",
     )
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.3  # learned in 3 steps: chance is 0.1 (0.55 measured)
