@@ -144,10 +144,11 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(uninterrupted, tmp_path,
     and ends as the run that never stopped (which loaded its data without workers)."""
     run_dir = tmp_path / "stopped"
     cfg = compose_config("train", [*FAST, *RUN, f"data.num_workers={workers}"], run_dir)
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(SystemExit) as stopped:
         run_with(cfg, Interrupt(epoch=1, batch=1, signum=signum))
     assert stopped.value.code == (EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    assert signal.getsignal(signal.SIGINT) is before  # handler given back
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 1 and last["global_step"] == 5  # 3 batches of epoch 0, 2 of epoch 1
     assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
