@@ -28,32 +28,38 @@ def tiny_run(train_config, *overrides: str) -> dict:
     return train(cfg)
 
 
-def test_cifar10_recipe_learns(train_config, tmp_path):
-    write_cifar10(tmp_path, n_train=500, n_test=100)
-    metrics = tiny_run(
-        train_config,
-        "data=cifar10",
-        f"data.data_dir={tmp_path}",
+# data option -> (writes its fixtures in the real format, the metric that shows it learned, and
+# the bar: 10 classes have chance 0.1 at top-1; 200 classes 0.025 at top-5)
+RECIPE_RUNS = {
+    "cifar10": (
+        lambda root: write_cifar10(root, n_train=500, n_test=100),
+        "test/acc",
+        0.5,
         "data.val_size=0.2",
-        "data.batch_size=32",
-        "trainer.max_epochs=6",
-        "model.scheduler.warmup_epochs=1",
-    )
-    assert metrics["test/acc"] >= 0.5, metrics  # 10 classes: chance is 0.1
+    ),
+    "tiny_imagenet": (
+        lambda root: write_tiny_imagenet(root, per_class=3, val_per_class=1),
+        "test/acc_top5",
+        0.1,
+        "data.val_size=0.25",
+    ),
+}
 
 
-def test_tiny_imagenet_recipe_learns(train_config, tmp_path):
-    write_tiny_imagenet(tmp_path, per_class=3, val_per_class=1)
+@pytest.mark.parametrize("data", sorted(RECIPE_RUNS))
+def test_the_recipe_learns_on_real_format_data(data, train_config, tmp_path):
+    write, metric, bar, val_size = RECIPE_RUNS[data]
+    write(tmp_path)
     metrics = tiny_run(
         train_config,
-        "data=tiny_imagenet",
+        f"data={data}",
         f"data.data_dir={tmp_path}",
-        "data.val_size=0.25",
+        val_size,
         "data.batch_size=32",
         "trainer.max_epochs=6",
         "model.scheduler.warmup_epochs=1",
     )
-    assert metrics["test/acc_top5"] >= 0.1, metrics  # 200 classes: chance is 0.025 (top-5)
+    assert metrics[metric] >= bar, metrics
 
 
 @pytest.mark.slow
