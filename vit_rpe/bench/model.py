@@ -3,9 +3,10 @@
     python -m vit_rpe.bench model [--size seed003] [--models softmax timm] [--threads 1]
     python -m vit_rpe.bench model --size quickstart        # softmax ViT against Performer + exp RPE
 
-Sizes: ``seed003`` is seed 003's CIFAR-10 ViT (32x32 RGB, patch 2: a 16x16 grid and a cls token,
-dim 128, depth 4, 8 heads, MLP ratio 4; batch 64); ``quickstart`` is ``experiment=quickstart``'s
-ViT (8x8 digits, patch 2: 16 tokens, mean pooling, dim 96, depth 4, 4 heads, MLP ratio 2; batch
+Sizes, their networks read from conf/model/net/: ``seed003`` is seed 003's CIFAR-10 ViT
+(seed003.yaml at 32x32 RGB, patch 2: a 16x16 grid and a cls token, dim 128, depth 4, 8 heads,
+MLP ratio 4; batch 64); ``quickstart`` is ``experiment=quickstart``'s ViT (digits.yaml at 8x8,
+patch 2: 16 tokens, mean pooling, dim 96, depth 4, 4 heads, MLP ratio 2; batch
 32). A model is ``timm`` (timm's VisionTransformer, softmax without RPE, at the seed-003 size) or
 ours named ``attention[+rpe]`` (``softmax``, ``performer+exp``, ...). A step is forward,
 cross-entropy, backward and an AdamW update on random images. The models take turns
@@ -25,28 +26,25 @@ import torch.nn.functional as F
 
 from vit_rpe.bench.common import environment, write_json
 from vit_rpe.models import VisionTransformer
+from vit_rpe.utils.run import CONF_DIR
 
+# A size: the network of a model/net preset at an image size, and a batch and models to compare.
 SIZES = {
-    "seed003": dict(
-        net=dict(img_size=32, in_chans=3, patch_size=2, embed_dim=128, depth=4, num_heads=8, mlp_ratio=4.0),
-        batch=64,
-        models=["softmax", "timm"],
-    ),
+    "seed003": dict(preset="seed003", img_size=32, in_chans=3, batch=64, models=["softmax", "timm"]),
     "quickstart": dict(
-        net=dict(
-            img_size=8,
-            in_chans=1,
-            patch_size=2,
-            embed_dim=96,
-            depth=4,
-            num_heads=4,
-            mlp_ratio=2.0,
-            pool="mean",
-        ),  # conf/model/net/digits.yaml, the quickstart's network
-        batch=32,
-        models=["softmax", "performer+exp"],
+        preset="digits", img_size=8, in_chans=1, batch=32, models=["softmax", "performer+exp"]
     ),
 }
+
+
+def net_of(size: dict) -> dict:
+    """The backbone arguments of ``size``: its preset (conf/model/net/), the one its runs train."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.to_container(
+        OmegaConf.load(Path(CONF_DIR) / "model" / "net" / f"{size['preset']}.yaml")
+    )
+    return {"img_size": size["img_size"], "in_chans": size["in_chans"], **preset}
 
 
 def build(name: str, net: dict, impl: str) -> torch.nn.Module:
@@ -112,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = {name: build(name, size["net"], args.impl).to(device).train() for name in args.models}
+    net = net_of(size)
+    models = {name: build(name, net, args.impl).to(device).train() for name in args.models}
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
-    img, chans = size["net"]["img_size"], size["net"]["in_chans"]
+    img, chans = net["img_size"], net["in_chans"]
     images = torch.randn(args.batch, chans, img, img, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
 
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             seconds[name].append(train_steps(models[name], opts[name], images, labels, args.steps, device))
 
-    config = size["net"] | vars(args) | {"out": str(args.out)}
+    config = net | vars(args) | {"out": str(args.out)}
     result = {"environment": environment(device), "config": config, "models": {}}
     for name in args.models:
         best, median = min(seconds[name]), sorted(seconds[name])[len(seconds[name]) // 2]
