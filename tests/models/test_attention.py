@@ -337,6 +337,27 @@ def test_performer_eval_is_deterministic_and_redraws_on_schedule():
     assert torch.equal(never.projection, w)
 
 
+def test_compiled_performer_redraws_on_schedule_without_recompiling():
+    """Under torch.compile (model.compile=true) the redraw counter, a plain int, stays out of the
+    graph: it once made dynamo recompile on every training step until its limit (8), after which
+    the whole model ran eagerly. The eager backend stands in for inductor (same tracing)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    kernel = PerformerAttention(8, redraw_interval=3).train()
+    counter = CompileCounter()
+    compiled = torch.compile(kernel, backend=counter)
+    q, k, v = qkv(2, 10, dtype=torch.float32)
+    w0 = kernel.projection.clone()
+    for step in range(1, 13):
+        torch.testing.assert_close(compiled(q, k, v), kernel.eval()(q, k, v).detach(), rtol=1e-5, atol=1e-6)
+        kernel.train()
+        assert kernel.steps == step and kernel.draws == step // 3
+    assert not torch.equal(kernel.projection, w0)
+    assert counter.frame_count <= 2  # the first trace (and one more for the train/eval flag)
+    torch._dynamo.reset()
+
+
 def test_orthogonal_features_have_chi_norms_and_orthogonal_blocks():
     kernel = PerformerAttention(16, nb_features=40)
     assert default_nb_features(16) == int(16 * math.log(16))

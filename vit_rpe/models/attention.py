@@ -252,10 +252,16 @@ class PerformerAttention(FeatureMapAttention):
 
     def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
         if self.training and self.redraw_interval > 0:
-            self.steps += 1
-            if self.steps % self.redraw_interval == 0:
-                self.redraw()
+            self.count_step()
         return super().forward(q, k, v, rpe)
+
+    @torch.compiler.disable
+    def count_step(self) -> None:
+        """One training pass on the redraw schedule. Eager under torch.compile: dynamo would make
+        the plain-int counter a constant of the graph and recompile on every step."""
+        self.steps += 1
+        if self.steps % self.redraw_interval == 0:
+            self.redraw()
 
     def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
         """With rpe.impl=quadratic (small grids) features, masked kernel matrix and normalisation
