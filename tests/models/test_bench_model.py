@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from vit_rpe.bench import epoch as bench_epoch
 from vit_rpe.bench import model as bench_model
 
@@ -19,6 +22,39 @@ def test_model_benchmark_times_quickstart_models_in_turns(tmp_path, capsys):
     ratio = result["step_time_ratios"]["performer+exp"]["best"]
     assert ratio == performer["step_ms"] / softmax["step_ms"] > 0
     assert f"performer+exp / softmax step time: {ratio:.2f}x" in capsys.readouterr().out
+
+
+def test_favor_floor_backward_is_the_gradient_of_its_forward():
+    """The floor does a real backward's products: its gradients are those of its own formula."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    w = torch.randn(7, 4, dtype=torch.float64) * 0.5
+    weights = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+
+    def plain(q, k, v):
+        return ((q @ w.T).exp() @ (k @ w.T).exp().transpose(-2, -1)) @ v
+
+    got = bench_model.FavorFloor.apply(q, k, v, w)
+    grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    expected = plain(q, k, v)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+
+
+def test_floor_model_swaps_every_performer_kernel(tmp_path):
+    net = bench_model.net_of(bench_model.SIZES["quickstart"])
+    floor = bench_model.build("performer+exp/floor", net, "auto")
+    kernels = [m.kernel for m in floor.modules() if isinstance(m, bench_model.MultiHeadSelfAttention)]
+    assert len(kernels) == net["depth"]
+    assert all(isinstance(kernel, bench_model.FloorAttention) for kernel in kernels)
+    assert kernels[0].nb_features == 76  # int(24 ln 24), as the model it stands in for
+    argv = ["--size", "quickstart", "--quick", "--threads", "1", "--out", str(tmp_path)]
+    assert bench_model.main([*argv, "--models", "softmax", "performer+exp/floor"]) == 0
+    assert (tmp_path / "model_quickstart_softmax_performer-exp-floor_threads1.json").exists()
+    with pytest.raises(SystemExit, match="only Performer models have a floor"):
+        bench_model.build("softmax+exp/floor", net, "auto")
 
 
 def test_model_benchmark_file_names():

@@ -8,7 +8,10 @@ Sizes, their networks read from conf/model/net/: ``seed003`` is seed 003's CIFAR
 MLP ratio 4; batch 64); ``quickstart`` is ``experiment=quickstart``'s ViT (digits.yaml at 8x8,
 patch 2: 16 tokens, mean pooling, dim 96, depth 4, 4 heads, MLP ratio 2; batch
 32). A model is ``timm`` (timm's VisionTransformer, softmax without RPE, at the seed-003 size) or
-ours named ``attention[+rpe]`` (``softmax``, ``performer+exp``, ...). A step is forward,
+ours named ``attention[+rpe]`` (``softmax``, ``performer+exp``, ...), or ``performer+exp/floor``:
+Performer + exp with its attention replaced by ``FavorFloor``, the matrix products and the
+exponential that any exact arrangement of it must compute, and nothing else (so no step computing
+the same numbers with PyTorch ops can be faster). A step is forward,
 cross-entropy, backward and an AdamW update on random images. The models take turns
 (``--rounds`` rounds of ``--steps`` steps each), so a slow spell on a shared machine hits them
 all; the best round counts, and the ratios of every model's step time to the first model's are
@@ -23,9 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from vit_rpe.bench.common import environment, write_json
 from vit_rpe.models import VisionTransformer
+from vit_rpe.models.attention import MultiHeadSelfAttention, PerformerAttention
 from vit_rpe.utils.run import CONF_DIR
 
 # A size: the network of a model/net preset at an image size, and a batch and models to compare.
@@ -47,6 +52,55 @@ def net_of(size: dict) -> dict:
     return {"img_size": size["img_size"], "in_chans": size["in_chans"], **preset}
 
 
+class FavorFloor(torch.autograd.Function):
+    """What Performer attention under a mask cannot do without, at small grids: the projection of
+    q and k to m features [B, H, L, d] -> [B, H, L, m], their exponential, the kernel matrix
+    phi(q) phi(k)^T, its product with v, and in the backward the products that carry the gradient
+    back through each (dS, dv, d phi(q), d phi(k), and the projection back to d); plus the copy of
+    q, k, v out of the layer's qkv layout that batched products need. No stabilisers, eps, mask,
+    normalisation or their gradients: the numbers are wrong, the time is a lower bound."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, w):
+        b, h, n, d = q.shape
+        qkv = torch.stack([q, k, v])
+        x, v = qkv[:2], qkv[2].view(b * h, n, d)
+        phi = (x.reshape(-1, d) @ w.T).exp_().view(2, b * h, n, -1)
+        kernel = torch.bmm(phi[0], phi[1].transpose(1, 2))
+        ctx.save_for_backward(x, w, phi, v, kernel)
+        return torch.bmm(kernel, v).view(b, h, n, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w, phi, v, kernel = ctx.saved_tensors
+        b, h, n, d = grad.shape
+        grad = grad.reshape(b * h, n, d)
+        d_kernel = torch.bmm(grad, v.transpose(1, 2))
+        dv = torch.bmm(kernel.transpose(1, 2), grad)
+        d_phi = torch.empty_like(phi)
+        torch.bmm(d_kernel, phi[1], out=d_phi[0])
+        torch.bmm(d_kernel.transpose(1, 2), phi[0], out=d_phi[1])
+        dx = (d_phi.mul_(phi).view(-1, w.shape[0]) @ w).view(2, b, h, n, d)
+        return dx[0], dx[1], dv.view(b, h, n, d), None
+
+
+class FloorAttention(PerformerAttention):
+    """A Performer kernel whose attention is ``FavorFloor`` (the RPE mask is not computed)."""
+
+    def attend(self, q, k, v, rpe):
+        return FavorFloor.apply(q, k, v, self.projection * self.head_dim**-0.25)
+
+
+def with_floor_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every Performer kernel swapped for a ``FloorAttention`` of the same size."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadSelfAttention) and isinstance(module.kernel, PerformerAttention):
+            kernel = module.kernel
+            module.kernel = FloorAttention(kernel.head_dim, nb_features=kernel.nb_features)
+    return model
+
+
 def build(name: str, net: dict, impl: str) -> torch.nn.Module:
     if name == "timm":
         from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -54,10 +108,14 @@ def build(name: str, net: dict, impl: str) -> torch.nn.Module:
         if net.get("pool", "cls") != "cls":
             raise SystemExit("timm's model is only built with cls pooling (the seed003 size)")
         return TimmViT(**net, num_classes=10, qkv_bias=True)
+    name, floor = name.removesuffix("/floor"), name.endswith("/floor")
+    if floor and not name.startswith("performer"):
+        raise SystemExit(f"{name}/floor: only Performer models have a floor (performer[+rpe]/floor)")
     attention, _, rpe = name.partition("+")
-    return VisionTransformer(
+    model = VisionTransformer(
         **net, num_classes=10, attention=attention, rpe=rpe or "none", rpe_kwargs={"impl": impl}
     )
+    return with_floor_attention(model) if floor else model
 
 
 def train_steps(model, opt, images, labels, steps: int, device) -> float:
@@ -79,7 +137,7 @@ def json_name(args) -> str:
     """model.json for the seed-003 default (ours against timm), else the size and models in the name."""
     tag = "" if (args.size, args.models) == ("seed003", SIZES["seed003"]["models"]) else f"_{args.size}"
     if tag and args.models != SIZES[args.size]["models"]:
-        tag += "_" + "_".join(name.replace("+", "-") for name in args.models)
+        tag += "_" + "_".join(name.replace("+", "-").replace("/", "-") for name in args.models)
     tag += f"_threads{args.threads}" if args.threads else ""  # --threads 1 and 2 keep their own files
     return f"model{tag}.json"
 
