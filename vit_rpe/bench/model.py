@@ -67,13 +67,13 @@ class FavorFloor(torch.autograd.Function):
         x, v = qkv[:2], qkv[2].view(b * h, n, d)
         phi = (x.reshape(-1, d) @ w.T).exp_().view(2, b * h, n, -1)
         kernel = torch.bmm(phi[0], phi[1].transpose(1, 2))
-        ctx.save_for_backward(x, w, phi, v, kernel)
+        ctx.save_for_backward(w, phi, v, kernel)
         return torch.bmm(kernel, v).view(b, h, n, d)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, w, phi, v, kernel = ctx.saved_tensors
+        w, phi, v, kernel = ctx.saved_tensors
         b, h, n, d = grad.shape
         grad = grad.reshape(b * h, n, d)
         d_kernel = torch.bmm(grad, v.transpose(1, 2))
