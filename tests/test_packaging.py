@@ -35,7 +35,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_has_every_module_and_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "vit_rpe").rglob("*.py")}
+    sources = [*(ROOT / "vit_rpe").rglob("*.py"), *(ROOT / "vit_rpe").rglob("*.c")]  # C: built on first use
+    modules = {p.relative_to(ROOT).as_posix() for p in sources}
+    assert "vit_rpe/models/favor.c" in modules
     configs = {
         f"vit_rpe/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")
     }

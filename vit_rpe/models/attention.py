@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import flex_attention
 
 from vit_rpe.models import fused
-from vit_rpe.models.fused import LearnedBiasAttention, MaskedFavorAttention, PositiveRandomFeatures
+from vit_rpe.models.fused import LearnedBiasAttention, PositiveRandomFeatures, masked_favor_attention
 from vit_rpe.utils.errors import ConfigError
 
 EPS = 1e-6
@@ -265,11 +265,12 @@ class PerformerAttention(FeatureMapAttention):
 
     def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
         """With rpe.impl=quadratic (small grids) features, masked kernel matrix and normalisation
-        are one Function, MaskedFavorAttention (fused.py): the same numbers in a fraction of the
-        operations, which at small grids are most of the attention's time."""
+        are one step, masked_favor_attention (fused.py: a C kernel, or one autograd Function):
+        the same numbers in a fraction of the operations, which at small grids are most of the
+        attention's time."""
         if rpe is not None and rpe.impl == "quadratic":
             mask = rpe.mask().to(q.dtype)  # [H, L, L]
-            return MaskedFavorAttention.apply(q, k, v, self.projection.to(q.dtype), mask, self.eps)
+            return masked_favor_attention(q, k, v, self.projection.to(q.dtype), mask, self.eps)
         return super().attend(q, k, v, rpe)
 
     def features(self, q, k):

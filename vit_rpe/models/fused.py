@@ -8,6 +8,9 @@ the scores in the backward. ``PositiveRandomFeatures`` is Performer's feature ma
 in-place passes, where autograd makes a dozen, and ``MaskedFavorAttention`` is Performer
 attention under a mask (rpe.impl=quadratic) as one Function: on small grids the number of
 operations, not their arithmetic, was most of a Performer step (docs/benchmarks.md).
+``NativeMaskedFavorAttention`` computes the same numbers in C, one head at a time (favor.c, built
+by native.py), where PyTorch passes over the whole batch once a step; ``masked_favor_attention``
+picks it wherever it applies and builds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from vit_rpe.models import native
 
 # The CPU flash kernel behind SDPA, which takes an additive mask (but gives it no gradient).
 cpu_flash_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -198,6 +203,67 @@ class MaskedFavorAttention(torch.autograd.Function):
         ge = d_phi.mul_(phi - eps / math.sqrt(w.shape[0]))  # dL/dphi * the exponentials
         dx, dw = favor_input_grad(ge.view(*x.shape[:-1], -1), w, x, ctx.needs_input_grad[3])
         return dx[0], dx[1], dv.view(b, h, n, d), dw, dmask, None
+
+
+class NativeMaskedFavorAttention(torch.autograd.Function):
+    """MaskedFavorAttention's numbers from the C kernel ``lib`` (favor.c, built by native.py):
+    float32 on the CPU, each head's features, kernel matrix and products computed while they sit
+    in the L1 cache, where PyTorch makes a pass over the whole batch for every step."""
+
+    @staticmethod
+    def forward(ctx, lib, q, k, v, w, mask, eps):
+        b, h, n, d = q.shape
+        m = w.shape[0]
+        q, k, v, mask = (x.contiguous() for x in (q, k, v, mask))
+        ws = w * d**-0.25
+        ws_t = F.pad(ws.T, (0, native.pad(m) - m)).contiguous()  # [d, MP]
+        phi = q.new_empty(2, b * h, n, native.pad(m))
+        kernel, den, out = q.new_empty(b * h, n, n), q.new_empty(b * h, n), torch.empty_like(q)
+        lib.favor_forward(
+            torch.get_num_threads(),
+            b * h,
+            h,
+            *pointers(q, k, v, ws_t, mask),
+            eps,
+            *pointers(phi, kernel, den, out),
+        )
+        ctx.save_for_backward(q, k, v, F.pad(ws, (0, native.pad(d) - d)), mask, phi, kernel, den, out)
+        ctx.lib, ctx.eps = lib, eps
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, k, v, ws, mask, phi, kernel, den, out = ctx.saved_tensors
+        b, h, n, _ = q.shape
+        grad = grad.contiguous()  # held here: the kernel reads it through a raw pointer
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dmask_items = q.new_empty(b, h, n, n) if ctx.needs_input_grad[5] else None
+        ctx.lib.favor_backward(
+            torch.get_num_threads(),
+            b * h,
+            h,
+            *pointers(q, k, v, ws, mask),
+            ctx.eps,
+            *pointers(phi, kernel, den, out, grad, dq, dk, dv, dmask_items),
+        )
+        dmask = None if dmask_items is None else dmask_items.sum(0)
+        return None, dq, dk, dv, None, dmask, None
+
+
+def pointers(*tensors: torch.Tensor | None) -> list[int | None]:
+    """Data addresses for a C call (None: NULL). The caller keeps the tensors alive until the
+    call returns: a temporary's memory would go back to the allocator first."""
+    return [None if t is None else t.data_ptr() for t in tensors]
+
+
+def masked_favor_attention(q, k, v, w, mask, eps: float) -> torch.Tensor:
+    """Performer attention under the mask [H, L, L]: the C kernel where it applies and builds
+    (native.py), else MaskedFavorAttention; the same numbers either way."""
+    lib = native.favor_kernel_for(q, w)
+    if lib is None:
+        return MaskedFavorAttention.apply(q, k, v, w, mask, eps)
+    return NativeMaskedFavorAttention.apply(lib, q, k, v, w, mask, eps)
 
 
 def masked_kernel(
