@@ -81,7 +81,7 @@ def test_epoch_benchmark_runs_the_cli_path_in_turns(tmp_path, capsys):
     argv = ["--epochs", "2", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]
     argv += ["--run", "model=vit", "--run", "model=linear rpe=exp"]
     assert bench_epoch.main([*argv, *tiny]) == 0
-    result = json.loads((tmp_path / "epoch_quickstart.json").read_text())
+    result = json.loads((tmp_path / "epoch_quickstart_threads1.json").read_text())
     assert list(result["runs"]) == ["model=vit", "model=linear rpe=exp"]
     vit, linear = result["runs"]["model=vit"], result["runs"]["model=linear rpe=exp"]
     assert vit["epochs"] == linear["epochs"] == 1

@@ -126,17 +126,29 @@ def test_performer_layer_runs_the_kernel_and_matches_autograd(monkeypatch):
 
 @pytest.mark.parametrize(
     "case",
-    ["float32", "float64", "disabled", "projection_learns", "tokens_beyond_2m", "too_many_tokens"],
+    [
+        "float32",
+        "float64",
+        "disabled",
+        "projection_learns",
+        "tokens_beyond_2m",
+        "too_many_tokens",
+        "too_many_features",
+        "head_too_wide",
+    ],
 )
 def test_kernel_applies_only_where_it_holds(case, monkeypatch):
     """float32 on the CPU with the projection a constant; not in float64 (the tests' references),
     nor with VIT_RPE_NATIVE=0, a learned projection, L > 2m (the kept kernel matrix would outgrow
-    the features) or more tokens than the kernel's buffers take."""
+    the features), or beyond the sizes where the kernel is faster (bench favor)."""
     monkeypatch.setattr(native, "favor_kernel", lambda *shape: "lib")
     tokens = {"tokens_beyond_2m": 40, "too_many_tokens": native.MAX_TOKENS + 1}.get(case, 16)
-    features = 200 if case == "too_many_tokens" else 16
-    q = torch.zeros(1, 1, tokens, 8, dtype=torch.float64 if case == "float64" else torch.float32)
-    w = torch.zeros(features, 8, requires_grad=case == "projection_learns")
+    features = {"too_many_tokens": native.MAX_FEATURES, "too_many_features": native.MAX_FEATURES + 1}.get(
+        case, 16
+    )
+    head_dim = native.MAX_HEAD_DIM + 1 if case == "head_too_wide" else 8
+    q = torch.zeros(1, 1, tokens, head_dim, dtype=torch.float64 if case == "float64" else torch.float32)
+    w = torch.zeros(features, head_dim, requires_grad=case == "projection_learns")
     if case == "disabled":
         monkeypatch.setenv("VIT_RPE_NATIVE", "0")
     assert native.favor_kernel_for(q, w) == ("lib" if case == "float32" else None)

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "attention": "time and memory of every kernel x RPE x impl against grid size",
     "model": "training step time of models of one size (ours, timm's), in turns, and their ratios",
     "epoch": "seconds per training epoch of whole CLI runs (quickstart by default), in turns",
+    "favor": "Performer attention under a mask: the C kernel against PyTorch, per layer shape",
     "data": "data loading throughput",
     "gpu": "one bf16 epoch of every model x RPE through train(): images/s and peak memory",
 }

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU {record['cpu_s_median']:.2f} s/epoch "
             f"(min {record['cpu_s_min']:.2f}, {record['cpu_ratio']:.2f}x)"
         )
-    path = args.out / f"epoch_{args.experiment}.json"
+    threads = f"_threads{args.threads}" if args.threads else ""  # --threads 1 and 2 keep their own files
+    path = args.out / f"epoch_{args.experiment}{threads}.json"
     write_json(path, result)
     print(f"wrote {path}")
     return 0

@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("favor.c")
 VECTOR = 16  # favor.c's W: rows of the padded operands are multiples of it
-# Beyond these sizes a head no longer fits the kernel's stack buffers and registers (or the
-# PyTorch path is as fast): Performer falls back to fused.py.
-MAX_TOKENS, MAX_HEAD_DIM, MAX_FEATURES = 128, 128, 256
+# Beyond these sizes Performer takes the PyTorch path (fused.py): with more features the kernel's
+# sums no longer fit the vector registers and it is no faster (`python -m vit_rpe.bench favor`,
+# docs/benchmarks.md), and a head's buffers stay well within a thread's stack.
+MAX_TOKENS, MAX_HEAD_DIM, MAX_FEATURES = 128, 64, 128
 # Compile, then link, with the first flag set that works: OpenMP shares torch's runtime (same
 # soname) where it is there; -ffast-math (compile only: linked, it would switch the whole process
 # to flush-to-zero) lets glibc's vector expf in; libmvec holds it.
