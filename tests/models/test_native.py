@@ -186,3 +186,13 @@ def test_without_a_working_compiler_performer_falls_back_with_a_warning(
     assert "slower PyTorch path" in message
     assert ("broken toolchain" in message) if compiler == "failing" else ("$CC" in message)
     assert not list(fresh_builds.glob("*.so"))
+
+
+@needs_compiler
+def test_an_unwritable_cache_falls_back_and_names_the_setting(fresh_builds, tmp_path, monkeypatch, caplog):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("VIT_RPE_KERNEL_CACHE", str(blocked / "kernels"))
+    with caplog.at_level(logging.WARNING, logger="vit_rpe.models.native"):
+        assert native.favor_kernel(6, 4, 9) is None
+    assert "VIT_RPE_KERNEL_CACHE" in caplog.text and str(blocked) in caplog.text

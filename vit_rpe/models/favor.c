@@ -67,8 +67,9 @@ static float max_of(const float *x, int count) {
 /* phi [N, MP] of x [N, D]: exp(w.x' - |x'|^2 / 2 - log sqrt(M) - c) + e with x' = x / D^(1/4) and
    zero padding; the stabiliser c is the max of w.x' over each row (queries) or over the head (keys). */
 static void features(const float *x, const float *wsT, int per_row, float e, float *phi) {
-    float shift[N], head_max = -INFINITY;
+    float shift[N], head_max;
     PRODUCT_ROWS(N, D, MP, x, D, 1, wsT, phi);
+    head_max = max_of(phi, M); /* no infinities under -ffast-math: start from the first row */
     for (int i = 0; i < N; i++) {
         float s = 0.f;
         for (int c = 0; c < D; c++) s += x[i * D + c] * x[i * D + c];

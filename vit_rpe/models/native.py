@@ -92,9 +92,10 @@ def favor_kernel(tokens: int, head_dim: int, features: int) -> ctypes.CDLL | Non
         except (OSError, subprocess.CalledProcessError) as err:
             errors.append(getattr(err, "stderr", None) or str(err))
     log.warning(
-        "could not build the C kernel for Performer with an RPE (%s); it runs on its slower PyTorch path. "
-        "Compiler output:\n%s",
+        "could not build the C kernel for Performer with an RPE (compiler %s, cache %s; $CC and "
+        "$VIT_RPE_KERNEL_CACHE change them); it runs on its slower PyTorch path. Last error:\n%s",
         compiler,
+        cache_dir(),
         errors[-1].strip(),
     )
     return None
