@@ -47,6 +47,7 @@ format: install ## apply ruff fixes and formatting
 bench: install ## the benchmarks recorded in docs/benchmarks.md
 	$(PY) -m vit_rpe.bench attention
 	$(PY) -m vit_rpe.bench model
+	$(PY) -m vit_rpe.bench favor
 	$(PY) -m vit_rpe.bench data
 
 clean: ## remove run outputs, caches and build files (keeps .venv and data/)

@@ -76,6 +76,21 @@ def test_native_kernel_equals_the_pytorch_function(shape, empty_rows):
 
 
 @needs_compiler
+def test_native_kernel_reads_a_non_contiguous_gradient():
+    """In a model the gradient arrives as a permuted view (the heads merged back into tokens); the
+    kernel reads a contiguous copy, which must live until the call returns."""
+    q, k, v, w, mask, grad = favor_inputs(32, 4, 16, 24, 76)
+    grad = grad.transpose(1, 2).contiguous().transpose(1, 2)  # same values, token-major memory
+    assert not grad.is_contiguous()
+    lib = native.favor_kernel(16, 24, 76)
+    expected = outputs_and_grads(MaskedFavorAttention, q, k, v, w, mask, grad)
+    for _ in range(3):
+        assert_close_to_max(
+            outputs_and_grads(NativeMaskedFavorAttention, q, k, v, w, mask, grad, lib), expected
+        )
+
+
+@needs_compiler
 def test_native_kernel_gives_the_same_numbers_on_any_thread_count():
     lib = native.favor_kernel(16, 8, 16)
     inputs = favor_inputs(8, 2, 16, 8, 16)

@@ -2,7 +2,7 @@
 
     python -m vit_rpe.bench favor [--cases quickstart mnist ...] [--threads 1] [--min-time 1]
 
-For each case, in turns: ``NativeMaskedFavorAttention`` (favor.c, built on first use),
+For each case, one after the other: ``NativeMaskedFavorAttention`` (favor.c, built on first use),
 ``MaskedFavorAttention`` (the same numbers in PyTorch ops) and, for scale, softmax attention
 (SDPA) on the same q, k, v. The first three cases are the layers the default recipes train
 (data=digits through the quickstart, data=mnist, data=cifar10); the others probe the sizes where
