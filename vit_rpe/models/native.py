@@ -77,26 +77,31 @@ def favor_kernel(tokens: int, head_dim: int, features: int) -> ctypes.CDLL | Non
         )
         return None
     shape = [f"-DN={tokens}", f"-DD={head_dim}", f"-DM={features}"]
+    try:  # what a build depends on besides its flags, read once for all of them
+        identity = [SOURCE.read_text(), compiler, *shape, cpu_signature()]
+    except OSError as err:  # favor.c missing from an install
+        return unbuilt(compiler, str(err))
     errors = []
     for compile_flags, link_flags in BUILDS:
+        key = hashlib.sha256("\n".join([*identity, *compile_flags, *link_flags]).encode()).hexdigest()[:20]
+        path = cache_dir() / f"favor_{tokens}_{head_dim}_{features}_{key}.so"
         try:
-            key = hashlib.sha256(
-                "\n".join(
-                    [SOURCE.read_text(), compiler, *compile_flags, *link_flags, *shape, cpu_signature()]
-                ).encode()
-            ).hexdigest()[:20]
-            path = cache_dir() / f"favor_{tokens}_{head_dim}_{features}_{key}.so"
             if not path.exists():
                 build(compiler, [*compile_flags, *shape, "-fPIC"], link_flags, path)
             return declare(ctypes.CDLL(str(path)))
         except (OSError, subprocess.CalledProcessError) as err:
             errors.append(getattr(err, "stderr", None) or str(err))
+    return unbuilt(compiler, errors[-1])
+
+
+def unbuilt(compiler: str, error: str) -> None:
+    """The warning for a kernel that could not be built or loaded; its caller runs PyTorch's path."""
     log.warning(
         "could not build the C kernel for Performer with an RPE (compiler %s, cache %s; $CC and "
         "$VIT_RPE_KERNEL_CACHE change them); it runs on its slower PyTorch path. Last error:\n%s",
         compiler,
         cache_dir(),
-        errors[-1].strip(),
+        error.strip(),
     )
     return None
 
