@@ -105,3 +105,16 @@ def test_on_device_gathers_batches_on_the_gpu(cifar_dir):
     assert images.is_cuda and images.dtype == torch.uint8 and labels.is_cuda
     out, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert out.is_cuda and out.dtype == torch.float32
+
+
+def test_randaugment_at_the_top_magnitude_posterizes_instead_of_crashing():
+    """timm's increasing posterize keeps 0 bits at magnitude 10, which Pillow refuses; the default
+    string (rand-m9-mstd0.5-inc1) samples 10 for ~2% of the operations, so a CIFAR epoch meets it."""
+    from vit_rpe.data.augment import RandAugmentImages
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    dataset = [(image, 0) for image in images]
+    only_posterize = RandAugmentImages(dataset, "rand-n1-m10-p1.0-inc1")  # m10: the top magnitude, no spread
+    only_posterize.augment.ops = [op for op in only_posterize.augment.ops if op.name == "PosterizeIncreasing"]
+    out = torch.stack([only_posterize[i][0] for i in range(len(dataset))])
+    assert torch.equal(out, images & 0b1000_0000)  # one bit kept: the strongest posterize Pillow allows
