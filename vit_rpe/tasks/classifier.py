@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit_rpe.callbacks.ema import ModelEMA, check_ema_decay
 from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.tasks.optim import base_lr, build_optimizer
 from vit_rpe.utils.checkpoint import plain_names, renamed_for
@@ -53,6 +54,7 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         finetune: Mapping | None = None,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         plain = {k: as_plain(v) for k, v in dict(net=net, optimizer=optimizer, scheduler=scheduler).items()}
@@ -65,6 +67,7 @@ class ImageClassifier(L.LightningModule):
                 "label_smoothing": label_smoothing,
                 "compile": compile,
                 "finetune": as_plain(finetune),
+                "ema_decay": ema_decay,
             }
         )
         self.finetune = FineTuning.from_config(as_plain(finetune))
@@ -79,6 +82,7 @@ class ImageClassifier(L.LightningModule):
         self.make_optimizer = as_factory(plain["optimizer"])
         self.make_scheduler = as_factory(plain["scheduler"])
         self.compile_net = compile
+        self.ema_decay = None if ema_decay is None else check_ema_decay(ema_decay)
 
         top_ks = (1, 5) if num_classes > 10 else (1,)
         for stage in ("train", "val", "test"):
@@ -253,7 +257,10 @@ class ImageClassifier(L.LightningModule):
         return self(images).softmax(dim=-1)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return self.finetune.callbacks()  # a backbone frozen for some or all epochs
+        callbacks = self.finetune.callbacks()  # a backbone frozen for some or all epochs
+        if self.ema_decay is not None:
+            callbacks.append(ModelEMA(self.ema_decay))  # val/acc_ema; checkpoints hold the average
+        return callbacks
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.make_optimizer, self.net, self.finetune.layer_decay)
