@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.build import build_run
 from vit_rpe.data import ImageDataModule
+from vit_rpe.models.backbone import PretrainedBackbone
 from vit_rpe.utils.checkpoint import (
     check_fits,
     continue_csv_logs,
@@ -116,11 +117,11 @@ def export_backbone(
     """A pretrained backbone exports itself (``save_pretrained``, its library's format) with the
     best checkpoint's weights and the preprocessing training used; None for other backbones."""
     net = uncompiled(model.net)
-    if not hasattr(net, "save_pretrained"):
+    if not isinstance(net, PretrainedBackbone):
         return None
     if best_ckpt:
         load_weights(model, read_task_checkpoint(best_ckpt)["state_dict"], source=best_ckpt)
-    net.save_pretrained(folder, **datamodule.data_config)
+    net.save_pretrained(folder, datamodule.data_config)
     log.info("fine-tuned model exported to %s", folder)
     return folder
 
