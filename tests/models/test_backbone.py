@@ -11,7 +11,7 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
-from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
+from tests.models.test_pretrained import GREY_8X8, save_tiny_hf_vit
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models.backbone import Backbone, PretrainedBackbone, layer_ids, missing_methods
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
@@ -30,15 +30,7 @@ def build(kind: str, hf_folder) -> nn.Module:
             8, 2, 1, 3, 16, DEPTH, 2, patch_embed="conv_stem", pos_embed="sincos2d", pool="mean", rpe="exp"
         )
     if kind == "timm":
-        return TimmBackbone(
-            "vit_tiny_patch16_224",
-            num_classes=3,
-            pretrained=False,
-            img_size=8,
-            in_chans=1,
-            patch_size=2,
-            model_kwargs=TINY_TIMM,
-        )
+        return TimmBackbone("vit_tiny_patch16_224", num_classes=3, **GREY_8X8)
     return HFViT(str(hf_folder), num_classes=3, in_chans=1)
 
 

@@ -21,6 +21,7 @@ from vit_rpe.utils.errors import CheckpointError, ConfigError, UserError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_TIMM = dict(depth=2, embed_dim=32, num_heads=2)  # vit_tiny_patch16_224's layout, smaller
+GREY_8X8 = dict(pretrained=False, img_size=8, in_chans=1, patch_size=2, model_kwargs=TINY_TIMM)
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 
@@ -182,16 +183,7 @@ def test_timm_local_weights_adapt_to_28x28_grey_images_and_a_new_head(timm_file,
 
 
 def test_timm_export_reloads_to_identical_logits(tmp_path):
-    net = TimmBackbone(
-        "vit_tiny_patch16_224",
-        num_classes=3,
-        pretrained=False,
-        img_size=8,
-        in_chans=1,
-        patch_size=2,
-        model_kwargs=TINY_TIMM,
-        class_names=["a", "b", "c"],
-    ).eval()
+    net = TimmBackbone("vit_tiny_patch16_224", num_classes=3, class_names=["a", "b", "c"], **GREY_8X8).eval()
     net.save_pretrained(tmp_path / "out", {"input_size": (1, 8, 8), "mean": (0.2,), "std": (0.3,)})
     x = torch.randn(2, 1, 8, 8)
     plain = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
