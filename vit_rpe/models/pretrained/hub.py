@@ -16,8 +16,8 @@ from vit_rpe.utils.errors import UserError
 
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_HINT = (
-    "download it once where the hub is reachable (hf download {repo}, then copy the HuggingFace "
-    "cache, HF_HOME, here)"
+    "download it once where the hub is reachable (hf download {repo}) and copy the HuggingFace "
+    "cache (HF_HOME) to this machine"
 )
 
 
@@ -53,11 +53,9 @@ def offline_error(what: str, name: str, fix: str, reason: str | None = None) -> 
     """The one message for weights that cannot be had: why, and how to work offline."""
     if hub_offline():
         why = "HF_HUB_OFFLINE=1 is set, so only the local HuggingFace cache is searched, and it is not there"
-    else:
-        why = (
-            f"the HuggingFace hub ({endpoint()}) cannot be reached (or the name is wrong); set "
-            "HF_HUB_OFFLINE=1 to use only the local cache"
-        )
+    else:  # with a reason, the library itself failed: the hub answered, or the name is wrong
+        state = "may be unreachable or the name wrong" if reason else "cannot be reached"
+        why = f"the HuggingFace hub ({endpoint()}) {state}; set HF_HUB_OFFLINE=1 to use only the local cache"
     return UserError(f"could not load {what} {name!r}: {reason + '. ' if reason else ''}{why}. Fix: {fix}")
 
 
