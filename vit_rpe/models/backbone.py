@@ -19,7 +19,8 @@ interchangeable (README, "The backbone interface"):
   ``timm.data.create_transform(**backbone.data_config())`` preprocesses for it.
 
 A pretrained backbone also rebuilds itself from a checkpoint and exports itself in its
-library's format: ``PretrainedBackbone``.
+library's format: ``PretrainedBackbone``. Its ``data_config()`` is what the datamodule resizes
+and normalises to (build.py); a from-scratch backbone is built for the data instead.
 """
 
 from __future__ import annotations
