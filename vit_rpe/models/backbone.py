@@ -12,8 +12,8 @@ interchangeable (README, "The backbone interface"):
   keeps training, and a new one for another number of classes.
 - ``no_weight_decay()``: parameter names exempt from weight decay (besides every 1-D tensor).
 - ``group_matcher(coarse=False)``: timm's layer grouping (regexes of the stem, the blocks and
-  what goes with the last block), from which ``layer_ids`` numbers the layers for layer-wise lr
-  decay; a parameter no pattern matches is the head, the top layer.
+  what goes with the last block, or a callable name -> layer), from which ``layer_ids`` numbers
+  the layers for layer-wise lr decay; a parameter no pattern matches is the head, the top layer.
 - ``data_config()``: the input the backbone expects, as timm writes it: ``input_size``
   (C, H, W), and ``mean`` / ``std`` only where its weights fix them (absent: the data's own).
   ``timm.data.create_transform(**backbone.data_config())`` preprocesses for it.
@@ -25,7 +25,7 @@ and normalises to (build.py); a from-scratch backbone is built for the data inst
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, runtime_checkable
 
@@ -47,7 +47,7 @@ class Backbone(Protocol):
 
     def no_weight_decay(self) -> set[str]: ...
 
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]: ...
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any] | Callable[[str], int]: ...
 
     def data_config(self) -> dict[str, Any]: ...
 
