@@ -270,6 +270,9 @@ def unreachable_hub(tmp_path, monkeypatch, caplog):
     from huggingface_hub import constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("http_proxy", "https_proxy", "all_proxy"):  # no way round the dead endpoint
+        monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.upper(), raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
@@ -297,3 +300,15 @@ def test_an_unreachable_hub_fails_at_once_without_retries(kind, unreachable_hub)
         r for r in unreachable_hub.records if r.name.startswith(("huggingface_hub", "transformers", "timm"))
     ]
     assert tries == []  # no download was attempted, so nothing was retried
+
+
+def test_the_hub_probe_goes_where_requests_go(monkeypatch):
+    """Behind a proxy the hub itself may be unreachable while downloads work: probe the proxy."""
+    from vit_rpe.models.pretrained.hub import first_hop
+
+    assert first_hop("https://huggingface.co") == ("huggingface.co", 443)
+    assert first_hop("http://127.0.0.1:9") == ("127.0.0.1", 9)
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("no_proxy", "localhost")
+    assert first_hop("https://huggingface.co") == ("proxy.example", 3128)
+    assert first_hop("https://localhost:8080") == ("localhost", 8080)

@@ -37,16 +37,26 @@ def endpoint() -> str:
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Can a TCP connection to the hub endpoint (HF_ENDPOINT) be opened within ``timeout``?"""
+    """Can a TCP connection to the hub endpoint (HF_ENDPOINT), or to the proxy that the
+    environment sets for it (HTTPS_PROXY, ...), be opened within ``timeout``?"""
     import socket
 
-    url = urlsplit(endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
+        with socket.create_connection(first_hop(endpoint()), timeout=timeout):
             return True
     except OSError:  # no route, refused, no DNS, timed out
         return False
+
+
+def first_hop(url: str) -> tuple[str, int]:
+    """(host, port) a request to ``url`` connects to first: the proxy's, when one is set for it."""
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(url)
+    proxy = getproxies().get(parts.scheme)
+    if proxy and not proxy_bypass(parts.hostname or ""):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def offline_error(what: str, name: str, fix: str, reason: str | None = None) -> UserError:
