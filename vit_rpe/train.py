@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.build import build_run
 from vit_rpe.data import ImageDataModule
-from vit_rpe.models.backbone import PretrainedBackbone
 from vit_rpe.utils.checkpoint import (
     check_fits,
     continue_csv_logs,
@@ -116,6 +115,8 @@ def export_backbone(
 ) -> Path | None:
     """A pretrained backbone exports itself (``save_pretrained``, its library's format) with the
     best checkpoint's weights and the preprocessing training used; None for other backbones."""
+    from vit_rpe.models.backbone import PretrainedBackbone
+
     net = uncompiled(model.net)
     if not isinstance(net, PretrainedBackbone):
         return None
