@@ -16,9 +16,11 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_rpe.callbacks.ema import ModelEMA, check_ema_decay
+from vit_rpe.models.backbone import PretrainedBackbone, missing_methods
 from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.tasks.optim import base_lr, build_optimizer
 from vit_rpe.utils.checkpoint import plain_names, renamed_for
+from vit_rpe.utils.errors import ConfigError
 
 
 def as_factory(spec: Callable | Mapping | None) -> Callable | None:
@@ -26,6 +28,17 @@ def as_factory(spec: Callable | Mapping | None) -> Callable | None:
     if spec is None or callable(spec):
         return spec
     return instantiate(spec, _partial_=True)
+
+
+def check_backbone(net: nn.Module) -> None:
+    """The network implements the backbone interface, or the one error that names what it lacks."""
+    missing = missing_methods(net)
+    if missing:
+        raise ConfigError(
+            f"{type(net).__module__}.{type(net).__qualname__} is not a backbone: it lacks "
+            f"{', '.join(f'{name}()' for name in missing)}. model.net must implement the backbone "
+            "interface (vit_rpe/models/backbone.py, README: The backbone interface)"
+        )
 
 
 def as_plain(spec: Any) -> Any:
@@ -38,7 +51,8 @@ class ImageClassifier(L.LightningModule):
     ``net`` is an nn.Module or a Hydra config of one. Given as a config, the task builds the
     backbone itself and stores the config in its hyperparameters, so
     ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else (not even the source of a
-    pretrained backbone: see ``resolved_source`` in models/pretrained.py). ``optimizer`` and
+    pretrained backbone: see ``resolved_source`` in models/pretrained/). ``net`` implements the
+    backbone interface (models/backbone.py), which is all the task calls. ``optimizer`` and
     ``scheduler`` are callables or configs of them: ``optimizer(param_groups)``, whose own lr
     and weight decay hold wherever the groups make no exception (tasks/optim.py), and
     ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
@@ -72,7 +86,8 @@ class ImageClassifier(L.LightningModule):
         )
         self.finetune = FineTuning.from_config(as_plain(finetune))
         self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"], _convert_="all")
-        if "net" in storable and hasattr(self.net, "resolved_source"):
+        check_backbone(self.net)
+        if "net" in storable and isinstance(self.net, PretrainedBackbone):
             # A pretrained backbone's architecture and preprocessing, as its source resolved them:
             # a checkpoint rebuilds it from these alone, with no download, and loads its own weights.
             self.hparams["net"] = {**storable["net"], "resolved_source": self.net.resolved_source()}
