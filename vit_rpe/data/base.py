@@ -11,7 +11,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
-from vit_rpe.data.augment import RandAugmentImages, build_mixup
+from vit_rpe.data.augment import (
+    RandAugmentImages,
+    RandomErasingBatch,
+    RepeatedAugmentationSampler,
+    build_mixup,
+)
 from vit_rpe.data.resumable import ResumableDataLoader
 from vit_rpe.data.transforms import DeviceTransform
 from vit_rpe.utils.errors import ConfigError
@@ -108,6 +113,8 @@ class ImageDataModule(L.LightningDataModule):
         mixup: float = 0.0,
         cutmix: float = 0.0,
         mix_prob: float = 1.0,
+        random_erasing: float = 0.0,
+        repeated_augmentation: int = 1,
     ):
         super().__init__()
         if batch_size < 1:
@@ -133,6 +140,12 @@ class ImageDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.randaugment = randaugment
         self.mixup = build_mixup(mixup, cutmix, mix_prob, self.num_classes)
+        self.random_erasing = RandomErasingBatch(random_erasing) if random_erasing > 0 else None
+        if repeated_augmentation < 1:
+            raise ConfigError(
+                f"data.repeated_augmentation={repeated_augmentation} must be at least 1 (1 = off)"
+            )
+        self.repeated_augmentation = repeated_augmentation
 
     def check_metadata(self, in_chans: int | None, num_classes: int | None) -> None:
         """Configs repeat the dataset's shape so models can interpolate it: it must agree."""
@@ -221,7 +234,7 @@ class ImageDataModule(L.LightningDataModule):
         return loader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
-            sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
+            sampler=self.train_sampler(dataset) if shuffle else None,
             num_workers=workers,
             pin_memory=pin and not on_device,
             collate_fn=collate_gathered,
@@ -229,6 +242,12 @@ class ImageDataModule(L.LightningDataModule):
             # its own generator: making an iterator draws a worker seed, which must not move the global RNG
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def train_sampler(self, dataset):
+        if self.repeated_augmentation == 1:
+            return EpochShuffleSampler(dataset, self.seed)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        return RepeatedAugmentationSampler(dataset, self.seed, self.repeated_augmentation, world, rank)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -246,6 +265,8 @@ class ImageDataModule(L.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         images = self.transform(images, train=training)
+        if training and self.random_erasing is not None:
+            images = self.random_erasing(images)
         if training and self.mixup is not None:
             images, labels = self.mixup(images, labels)
         return images, labels
