@@ -142,7 +142,7 @@ def test_random_erasing_fills_boxes_with_noise_in_training_batches_only(cifar_di
     dm.trainer.training = False
     plain, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert torch.equal(plain, x)
-    with pytest.raises(ConfigError, match="data.random_erasing=1.5"):
+    with pytest.raises(ConfigError, match=r"data\.random_erasing=1\.5"):
         datamodule(cifar_dir, random_erasing=1.5)
 
 
@@ -182,5 +182,5 @@ def test_the_datamodule_uses_the_sampler_with_its_rank(cifar_dir):
     sampler = dm.train_dataloader().sampler
     assert isinstance(sampler, DistributedSampler)  # so Lightning does not shard it again under DDP
     assert (sampler.num_replicas, sampler.rank, sampler.repeats) == (2, 1, 3)
-    with pytest.raises(ConfigError, match="data.repeated_augmentation=0"):
+    with pytest.raises(ConfigError, match=r"data\.repeated_augmentation=0"):
         datamodule(cifar_dir, repeated_augmentation=0)
