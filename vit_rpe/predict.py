@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -229,14 +230,19 @@ def write_predictions(predictions: Sequence[Prediction], path: Path, top_k: int)
 
 
 def print_predictions(predictions: Sequence[Prediction], shown: int = 30) -> None:
-    """The first ``shown`` classified files, and every file that failed, as tables."""
+    """The first ``shown`` classified files, and every file that failed, as tables (paths under
+    the files' common folder)."""
+    if not predictions:
+        return
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p.path)) for p in predictions])
+    name = {p.path: os.path.relpath(os.path.abspath(p.path), root) for p in predictions}
     done = [p for p in predictions if p.error is None]
-    table = rich.table.Table(title=f"predictions ({len(done)} images)")
+    table = rich.table.Table(title=f"predictions ({len(done)} images in {root})")
     for column in ("path", "class", "probability", "next classes"):
         table.add_column(column, justify="right" if column == "probability" else "left")
     for p in done[:shown]:
         others = ", ".join(f"{name} {prob:.3f}" for name, prob in zip(p.classes[1:], p.probs[1:]))
-        table.add_row(p.path, p.classes[0], f"{p.probs[0]:.3f}", others)
+        table.add_row(name[p.path], p.classes[0], f"{p.probs[0]:.3f}", others)
     if len(done) > shown:
         table.caption = f"... and {len(done) - shown} more in predictions.csv"
     rich.print(table)
@@ -246,7 +252,7 @@ def print_predictions(predictions: Sequence[Prediction], shown: int = 30) -> Non
         errors.add_column("path")
         errors.add_column("reason")
         for p in failed:
-            errors.add_row(p.path, p.error)
+            errors.add_row(name[p.path], p.error)
         rich.print(errors)
 
 
