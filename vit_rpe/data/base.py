@@ -133,10 +133,6 @@ class ImageDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.randaugment = randaugment
         self.mixup = build_mixup(mixup, cutmix, mix_prob, self.num_classes)
-        if self.mixup is not None and batch_size % 2:
-            raise ConfigError(
-                f"data.mixup/cutmix mix pairs of images: data.batch_size={batch_size} must be even"
-            )
 
     def check_metadata(self, in_chans: int | None, num_classes: int | None) -> None:
         """Configs repeat the dataset's shape so models can interpolate it: it must agree."""
@@ -243,8 +239,6 @@ class ImageDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
             sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
-            # timm's Mixup mixes pairs: every training batch must have an even size
-            drop_last=name == "train" and self.mixup is not None,
             num_workers=workers,
             pin_memory=pin and not on_device,
             collate_fn=collate_gathered,
