@@ -200,6 +200,7 @@ def predict(
         ImageFiles(paths, predictor), batch_size=batch_size, num_workers=num_workers, collate_fn=list
     )
     results: list[Prediction] = []
+    start = time.perf_counter()
     for batch in loader:
         readable = [(index, pixels) for index, pixels, _ in batch if pixels is not None]
         top: dict[int, tuple[list[float], list[int]]] = {}
@@ -214,6 +215,14 @@ def predict(
                 continue
             values, classes = top[index]
             results.append(Prediction(path, [predictor.class_names[c] for c in classes], values))
+    seconds = time.perf_counter() - start
+    log.info(
+        "%d images in %.2f s: %.1f images/s on %s (reading the files included, loading the model not)",
+        len(results),
+        seconds,
+        len(results) / max(seconds, 1e-9),
+        predictor.device,
+    )
     return results
 
 
@@ -265,7 +274,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{err.full_key} is required: python -m vit_rpe.predict ckpt_path=<file.ckpt> "
             "images=<file | folder | glob>"
         ) from None
-    start = time.perf_counter()
     predictions = predict(
         ckpt_path,
         images,
@@ -275,19 +283,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         device=str(cfg.device),
         num_workers=int(cfg.num_workers),
     )
-    seconds = time.perf_counter() - start
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(predictions, output_dir / "predictions.csv", int(cfg.top_k))
     print_predictions(predictions)
     failed = sum(p.error is not None for p in predictions)
-    log.info(
-        "%d images in %.2f s (%.1f images/s, reading the files included); predictions in %s",
-        len(predictions),
-        seconds,
-        len(predictions) / max(seconds, 1e-9),
-        output_dir / "predictions.csv",
-    )
+    log.info("predictions of %d files in %s", len(predictions), output_dir / "predictions.csv")
     if failed:
         log.error(
             "%d of %d files could not be read (listed above and in predictions.csv)", failed, len(predictions)

@@ -43,6 +43,10 @@ class ImageClassifier(L.LightningModule):
     and weight decay hold wherever the groups make no exception (tasks/optim.py), and
     ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
     freeze_backbone_epochs, layer_decay) says what trains at which rate: see tasks/finetune.py.
+
+    The test also counts a confusion matrix: ``test/macro_f1`` and ``test/balanced_acc``, and the
+    per-class files of callbacks/per_class.py. Checkpoints carry the datamodule's ``input_config``
+    (class names and preprocessing), so ``vit_rpe.predict`` needs nothing else.
     """
 
     def __init__(
