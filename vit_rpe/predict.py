@@ -116,6 +116,8 @@ class Predictor:
             datamodule.apply_data_config(getattr(model.net, "data_config", None))
             check_matches_data(ckpt["hyper_parameters"], datamodule, str(ckpt_path))
             input_config = datamodule.input_config
+        elif data is not None:
+            log.info("data= is not used: %s carries its input_config (class names, preprocessing)", ckpt_path)
         load_weights(model, ckpt["state_dict"], source=ckpt_path)
         return cls(model, input_config, device)
 
