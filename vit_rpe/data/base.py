@@ -169,6 +169,23 @@ class ImageDataModule(L.LightningDataModule):
             "std": tuple(self.transform.std.flatten().tolist()),
         }
 
+    @property
+    def input_config(self) -> dict[str, Any]:
+        """What a trained model needs to classify new image files as it saw this data (the
+        classifier stores it in its checkpoints, for ``python -m vit_rpe.predict``): the class
+        names, the channels, the side a file is cropped and resized to before the device transform
+        (``decode_size``, as the format's reader does) and the transform's size and normalisation."""
+        decode = getattr(self, "decode_size", None) or getattr(self, "native_size", None) or self.image_size
+        decode = [decode, decode] if isinstance(decode, int) else [int(s) for s in decode]
+        size = self.transform.image_size or tuple(decode)
+        return {
+            "class_names": [str(name) for name in self.class_names],
+            "in_chans": int(self.in_chans),
+            "decode_size": decode,
+            **self.data_config,
+            "image_size": [int(s) for s in size],
+        }
+
     def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
         """Resize and normalise as a backbone expects: a pretrained one states its checkpoint's
         ``input_size`` (C, H, W) and ``mean``/``std`` (its ``data_config()``, models/backbone.py;

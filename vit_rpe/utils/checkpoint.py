@@ -43,7 +43,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return dict(load_file(str(path), device="cpu"))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or holding pickled objects we refuse to run
-        if "weights only load failed" in str(err).lower():
+        # A pickled object names its class ("Unsupported global"); other bytes (an image, text)
+        # also fail the weights-only unpickler, and are simply not a checkpoint.
+        if "unsupported global" in str(err).lower():
             raise CheckpointError(
                 f"cannot read checkpoint {path}: it holds pickled Python objects, which are never loaded "
                 "(weights_only=True, so a checkpoint cannot run code); save tensors in plain dicts and "
