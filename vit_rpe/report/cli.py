@@ -1,0 +1,101 @@
+"""``python -m vit_rpe.report <run, multirun or outputs dir> [--out DIR]``: every run below a
+folder, read, grouped by seed, written as tables and plots."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from vit_rpe.report.groups import group_runs
+from vit_rpe.report.labels import labels
+from vit_rpe.report.plots import PLOTS, plot_all
+from vit_rpe.report.runs import find_run_dirs, load_run, read_yaml, relative
+from vit_rpe.report.tables import GROUP_COLUMNS, RUN_COLUMNS, group_row, markdown_table, run_row, write_csv
+from vit_rpe.utils.errors import UserError
+from vit_rpe.utils.run import exit_on_user_error
+
+
+def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path:
+    """Write report.csv (seed groups), runs.csv, report.md and the plots for every run below ``root``.
+
+    Returns report.md.
+    """
+    shown, root = Path(root), Path(root).resolve()  # the path as given goes into report.md
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory: give a run, multirun or outputs directory")
+    runs = [load_run(d) for d in find_run_dirs(root)]
+    if not runs:
+        raise UserError(f"no runs below {root} (no metrics.json, error.txt or .hydra/): check the path")
+    out = Path(out).resolve() if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    run_rows = [run_row(run, label, root) for run, label in zip(runs, labels(runs, root))]
+    row_of = {run.dir: row for run, row in zip(runs, run_rows)}
+    groups = group_runs(runs)
+    directories = [", ".join(relative(run.dir, root) for run in group.runs) for group in groups]
+    names = labels([group.runs[0] for group in groups], root, seeds=False, fallback=directories)
+    group_rows = [group_row([row_of[run.dir] for run in g.runs], name) for g, name in zip(groups, names)]
+    write_csv(group_rows, out / "report.csv", GROUP_COLUMNS)
+    write_csv(run_rows, out / "runs.csv", RUN_COLUMNS)
+    images = plot_all(groups, names, out) if plots else []
+
+    counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "incomplete")}
+    statuses = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    summary = f"{plural(len(runs), 'run')} below `{shown}`: {statuses}"
+    if any(len(group.runs) > 1 for group in groups):
+        table = markdown_table(group_rows, grouped=True)
+        body = [
+            f"{summary}, in {plural(len(groups), 'seed group')} (runs that differ only in their seeds).",
+            "",
+            "## Seed groups",
+            "",
+            "Each metric: mean ± sample standard deviation (n - 1 in the denominator) over the group's",
+            "completed runs; n counts them, `(n=k)` marks a metric fewer of them reported. Failed runs",
+            "are counted in the status and left out of the numbers.",
+            "",
+            table,
+            "",
+            "## Runs",
+            "",
+            markdown_table(run_rows),
+        ]
+    else:
+        table = markdown_table(run_rows)
+        body = [f"{summary}.", "", table]
+    lines = [f"# Runs in {root.name}", "", *body, ""]
+    best = read_yaml(root / "optimization_results.yaml")
+    if best:
+        lines += [
+            "## Optuna: best parameters",
+            "",
+            "```yaml",
+            yaml.safe_dump(best, sort_keys=False).strip(),
+            "```",
+            "",
+        ]
+    for image in images:
+        lines += [f"![{PLOTS[image]}]({image})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    print(table)
+    beside = f"report.csv, runs.csv and {len(images)} plots beside it"
+    print(f"\nreport: {report} ({plural(len(runs), 'run')} in {plural(len(groups), 'seed group')}; {beside})")
+    return report
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vit_rpe.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", type=Path, help="a run, a multirun (sweep) or an outputs directory")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write the report (default: PATH/report)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="only the tables")
+    args = parser.parse_args(argv)
+    exit_on_user_error(lambda _: make_report(args.path, args.out, plots=not args.no_plots), None)
