@@ -67,3 +67,19 @@ def write_study_run(path: Path, metrics: dict | None, seed: int, history=None, *
     return write_run(
         path, metrics, history, [*overrides, f"seed={seed}"], **study_config(path, seed, **config)
     )
+
+
+def write_eval_run(path: Path, ckpt_path: str, metrics: dict | None, root_dir: str = ".", seed: int = 42):
+    """A ``python -m vit_rpe.eval ckpt_path=...`` run: the data, no model (the checkpoint has it)."""
+    config = {
+        "task_name": "eval",
+        "seed": seed,
+        "ckpt_path": ckpt_path,
+        "data": {"_target_": "vit_rpe.data.DigitsDataModule", "num_workers": 0, "seed": seed},
+        "trainer": {"default_root_dir": str(path)},
+        "paths": {"root_dir": root_dir, "output_dir": str(path)},
+    }
+    overrides = [f"ckpt_path={ckpt_path}", "data=digits", "data.num_workers=0"]
+    if metrics is not None:
+        metrics = {**metrics, "ckpt_path": ckpt_path, "data": "vit_rpe.data.DigitsDataModule"}
+    return write_run(path, metrics, None, overrides, **config)

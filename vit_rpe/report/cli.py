@@ -12,7 +12,7 @@ import yaml
 from vit_rpe.report.groups import group_runs
 from vit_rpe.report.labels import labels
 from vit_rpe.report.plots import PLOTS, plot_all
-from vit_rpe.report.runs import find_run_dirs, load_run, read_yaml, relative
+from vit_rpe.report.runs import find_run_dirs, link_evaluations, load_run, read_yaml, relative
 from vit_rpe.report.tables import GROUP_COLUMNS, RUN_COLUMNS, group_row, markdown_table, run_row, write_csv
 from vit_rpe.utils.errors import UserError
 from vit_rpe.utils.run import exit_on_user_error
@@ -26,7 +26,10 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
     shown, root = Path(root), Path(root).resolve()  # the path as given goes into report.md
     if not root.is_dir():
         raise UserError(f"{root} is not a directory: give a run, multirun or outputs directory")
-    runs = [load_run(d) for d in find_run_dirs(root)]
+    runs = [
+        run for run in map(load_run, find_run_dirs(root)) if "images" not in run.config
+    ]  # not predictions
+    link_evaluations(runs)
     if not runs:
         raise UserError(f"no runs below {root} (no metrics.json, error.txt or .hydra/): check the path")
     out = Path(out).resolve() if out else root / "report"

@@ -9,6 +9,7 @@ import json
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from vit_rpe.report.runs import Run
@@ -24,6 +25,7 @@ def experiment_key(run: Run) -> str:
     """What a run is, as text: its config less seeds, names, locations and its own directory.
 
     Runs with the same key differ only in their seeds: one experiment measured several times.
+    Evaluations (``vit_rpe.eval``) add the checkpoint they tested.
     """
     if not run.config:
         return f"unknown config: {run.dir}"  # nothing says what it was: it stands alone
@@ -40,7 +42,18 @@ def experiment_key(run: Run) -> str:
         return node
 
     config = {k: v for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT}
+    if run.checkpoint:  # an evaluation is of one checkpoint: evaluations of two are two results
+        config["evaluated"] = evaluated(run)
     return json.dumps(strip(config), sort_keys=True, default=str)
+
+
+def evaluated(run: Run) -> str | None:
+    """An evaluation's checkpoint: its file in its training run's directory, when that is known."""
+    if not run.checkpoint:
+        return None
+    if run.trained_by is None:
+        return run.checkpoint
+    return str(run.trained_by.dir.resolve() / Path(run.checkpoint).name)
 
 
 @dataclass

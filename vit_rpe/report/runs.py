@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class Run:
     metrics: dict[str, Any]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(epoch, value)]
     error: str | None = None
+    checkpoint: str | None = None  # an evaluation's checkpoint, as it was given
+    trained_by: Run | None = None  # the training run that wrote that checkpoint, when it is found
 
 
 def read_yaml(path: Path) -> Any:
@@ -96,11 +99,12 @@ def load_run(run_dir: Path) -> Run:
         read_yaml(run_dir / ".hydra" / "config.yaml") or {}, run_dir
     )
     error = None
-    if (run_dir / "error.txt").is_file() or (metrics or {}).get("status") == "failed":
-        status = "failed"
+    if (metrics or {}).get("status") == "failed" or (not metrics and (run_dir / "error.txt").is_file()):
+        status = "failed"  # an error.txt beside finished metrics is of an attempt that was resumed
         error = (metrics or {}).get("error") or last_line(run_dir / "error.txt")
     else:
         status = "completed" if metrics else "incomplete"
+    evaluation = "model" not in config and config.get("ckpt_path")  # vit_rpe.eval's config has no model
     return Run(
         dir=run_dir,
         status=status,
@@ -110,7 +114,27 @@ def load_run(run_dir: Path) -> Run:
         metrics=metrics or {},
         history=read_history(run_dir / "csv" / "metrics.csv"),
         error=error,
+        checkpoint=str(evaluation) if evaluation else None,
     )
+
+
+def link_evaluations(runs: Sequence[Run]) -> None:
+    """Give each evaluation the training run that wrote its checkpoint (``<run>/checkpoints/x.ckpt``):
+    one of ``runs``, else read from disk (a relative path from the evaluation's root directory)."""
+    for run in runs:
+        if not run.checkpoint:
+            continue
+        ckpt = Path(run.checkpoint)
+        folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        tail = [part for part in folder.parts if part != "."]
+        found = [other for other in runs if other is not run and list(other.dir.parts[-len(tail) :]) == tail]
+        if found:
+            run.trained_by = found[0]
+            continue
+        root = Path((run.config.get("paths") or {}).get("root_dir") or ".")
+        folder = folder if folder.is_absolute() else root / folder
+        if folder.is_dir() and is_run_dir(folder):
+            run.trained_by = load_run(folder)
 
 
 def resolve_composed(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -137,17 +161,28 @@ def short_class(target: Any) -> str | None:
     return str(target).rsplit(".", 1)[-1] if target else None
 
 
+def rpe_name(config: dict[str, Any]) -> str | None:
+    """The RPE family a run's network used: ``model.net.rpe``, else the ``rpe`` group's ``family``."""
+    net = (config.get("model") or {}).get("net") or {}
+    if isinstance(net.get("rpe"), str):
+        return net["rpe"]
+    return (config.get("rpe") or {}).get("family")
+
+
 def describe(run: Run) -> dict[str, Any]:
-    """Model, attention, RPE and data names: the CLI's group choices, else read off the config."""
-    net = (run.config.get("model") or {}).get("net") or {}
+    """Model, attention, RPE and data names: the CLI's group choices, else read off the config.
+
+    An evaluation's model is its training run's; its data is its own.
+    """
+    model_run = run.trained_by or run
+    net = (model_run.config.get("model") or {}).get("net") or {}
     data = run.config.get("data") or {}
-    rpe = net.get("rpe") if isinstance(net.get("rpe"), str) else (run.config.get("rpe") or {}).get("family")
     data_class = short_class(data.get("_target_"))
     data_name = data_class.removesuffix("DataModule").lower() if data_class else None
     return {
-        "model": run.choices.get("model") or short_class(net.get("_target_")),
+        "model": model_run.choices.get("model") or short_class(net.get("_target_")),
         "attention": net.get("attention") if isinstance(net.get("attention"), str) else None,
-        "rpe": rpe,
+        "rpe": rpe_name(model_run.config),
         "data": run.choices.get("data") or data_name,
     }
 

@@ -17,6 +17,8 @@ METRICS = {
     "test_acc_top5": "test/acc_top5", "epochs": "epochs", "sec_per_epoch": "seconds_per_epoch",
     "images_per_sec": "train_images_per_sec",
 }  # fmt: skip
+# What an evaluation's row takes from the run whose checkpoint it tested.
+MODEL_KEYS = ("params",)
 DESCRIPTION = ("model", "attention", "rpe", "data")
 RUN_COLUMNS = ("run", "label", "status", *DESCRIPTION, "seed", *METRICS, "error")
 GROUP_COLUMNS = (
@@ -34,13 +36,19 @@ HEADERS = {
 
 
 def run_row(run: Run, label: str, root: Path) -> dict[str, Any]:
+    # an evaluation tests its training run's model: the model's size is that run's
+    metrics = (
+        {**{k: run.trained_by.metrics.get(k) for k in MODEL_KEYS}, **run.metrics}
+        if run.trained_by
+        else run.metrics
+    )
     return {
         "run": relative(run.dir, root),
         "label": label,
         "status": run.status,
         **describe(run),
         "seed": run.config.get(SEED_KEY),
-        **{column: run.metrics.get(key) for column, key in METRICS.items()},
+        **{column: metrics.get(key) for column, key in METRICS.items()},
         "error": run.error,
     }
 
