@@ -83,3 +83,28 @@ def write_eval_run(path: Path, ckpt_path: str, metrics: dict | None, root_dir: s
     if metrics is not None:
         metrics = {**metrics, "ckpt_path": ckpt_path, "data": "vit_rpe.data.DigitsDataModule"}
     return write_run(path, metrics, None, overrides, **config)
+
+
+PER_CLASS_COLUMNS = ("class", "support", "recall", "precision", "f1")
+
+
+def write_per_class(run_dir: Path, recall: dict[str, float | None], support: int = 10) -> None:
+    """``per_class.csv`` as the per-class callback writes it; None: a class without test images."""
+    with (run_dir / "per_class.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(PER_CLASS_COLUMNS)
+        for name, value in recall.items():
+            if value is None:
+                writer.writerow([name, 0, "", "", ""])
+            else:
+                writer.writerow([name, support, f"{value:.6f}", "0.5", "0.5"])
+
+
+def write_resolution_evals(run_dir: Path, accuracy: dict[int, float]) -> None:
+    """``<run>/evals/<px>px/``: the run's model tested at other image sizes, as eval writes it."""
+    for size, acc in accuracy.items():
+        folder = run_dir / "evals" / f"{size}px"
+        folder.mkdir(parents=True)
+        metrics = {"test/acc": acc, "test/loss": 1.0 - acc, "image_size": size, "ckpt_path": "x.ckpt"}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "config.yaml").write_text(yaml.safe_dump({"task_name": "eval", "ckpt_path": "x.ckpt"}))

@@ -11,9 +11,19 @@ import yaml
 
 from vit_rpe.report.groups import group_runs
 from vit_rpe.report.labels import labels
-from vit_rpe.report.plots import PLOTS, plot_all
+from vit_rpe.report.plots import TITLES, plot_all
 from vit_rpe.report.runs import find_run_dirs, link_evaluations, load_run, read_yaml, relative
-from vit_rpe.report.tables import GROUP_COLUMNS, RUN_COLUMNS, group_row, markdown_table, run_row, write_csv
+from vit_rpe.report.tables import (
+    GROUP_COLUMNS,
+    RESOLUTION_COLUMNS,
+    RUN_COLUMNS,
+    group_row,
+    markdown_table,
+    resolution_rows,
+    resolution_table,
+    run_row,
+    write_csv,
+)
 from vit_rpe.utils.errors import UserError
 from vit_rpe.utils.run import exit_on_user_error
 
@@ -40,9 +50,12 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
     groups = group_runs(runs)
     directories = [", ".join(relative(run.dir, root) for run in group.runs) for group in groups]
     names = labels([group.runs[0] for group in groups], root, seeds=False, fallback=directories)
-    group_rows = [group_row([row_of[run.dir] for run in g.runs], name) for g, name in zip(groups, names)]
+    group_rows = [group_row(g, [row_of[run.dir] for run in g.runs], name) for g, name in zip(groups, names)]
     write_csv(group_rows, out / "report.csv", GROUP_COLUMNS)
     write_csv(run_rows, out / "runs.csv", RUN_COLUMNS)
+    resolutions = resolution_rows(groups, names)
+    if resolutions:
+        write_csv(resolutions, out / "resolution.csv", RESOLUTION_COLUMNS)
     images = plot_all(groups, names, out) if plots else []
 
     counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "incomplete")}
@@ -69,6 +82,16 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
         table = markdown_table(run_rows)
         body = [f"{summary}.", "", table]
     lines = [f"# Runs in {root.name}", "", *body, ""]
+    if resolutions:
+        lines += [
+            "## Accuracy against test image size",
+            "",
+            "Test top-1 % of each model evaluated at other image sizes (`<run>/evals/<px>px`), mean ±",
+            "sample standard deviation over the group's completed runs.",
+            "",
+            resolution_table(resolutions),
+            "",
+        ]
     best = read_yaml(root / "optimization_results.yaml")
     if best:
         lines += [
@@ -80,11 +103,12 @@ def make_report(root: Path, out: Path | None = None, plots: bool = True) -> Path
             "",
         ]
     for image in images:
-        lines += [f"![{PLOTS[image]}]({image})", ""]
+        lines += [f"![{TITLES[image]}]({image})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     print(table)
-    beside = f"report.csv, runs.csv and {len(images)} plots beside it"
+    tables = "report.csv, runs.csv, resolution.csv" if resolutions else "report.csv, runs.csv"
+    beside = f"{tables} and {len(images)} plots beside it"
     print(f"\nreport: {report} ({plural(len(runs), 'run')} in {plural(len(groups), 'seed group')}; {beside})")
     return report
 

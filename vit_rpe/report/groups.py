@@ -93,3 +93,16 @@ def epoch_stats(curves: Sequence[dict[int, float]]) -> dict[int, Stat]:
     """Per-epoch statistics of a group's curves, which may stop at different epochs."""
     epochs = sorted(set().union(*curves))
     return {epoch: stat(curve[epoch] for curve in curves if epoch in curve) for epoch in epochs}
+
+
+def worst_classes(runs: Sequence[Run], count: int = 3) -> list[tuple[str, Stat]]:
+    """The ``count`` classes with the lowest mean test recall over ``runs`` (ties by name)."""
+    classes = sorted({name for run in runs for name in run.per_class})
+    recall = {name: stat(run.per_class.get(name) for run in runs) for name in classes}
+    return sorted(recall.items(), key=lambda item: (item[1].mean, item[0]))[:count]
+
+
+def resolution_stats(runs: Sequence[Run], metric: str = "test/acc") -> dict[int, Stat]:
+    """``metric`` at each test image size (``evals/<px>px``) over ``runs``."""
+    sizes = sorted({size for run in runs for size in run.resolutions})
+    return {size: stat((run.resolutions.get(size) or {}).get(metric) for run in runs) for size in sizes}

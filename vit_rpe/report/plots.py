@@ -5,14 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from vit_rpe.report.groups import Group, epoch_stats, stat
+from vit_rpe.report.groups import Group, Stat, epoch_stats, resolution_stats, stat
 
+# Drawn for every report.
 PLOTS = {
     "val_acc.png": "Validation accuracy per epoch",
     "epoch_time.png": "Training seconds per epoch",
     "acc_vs_params.png": "Best validation accuracy against parameters",
     "acc_vs_time.png": "Validation accuracy against training time",
 }
+# Drawn when the runs vary what is on the x axis (a sweep over models, data shares, test sizes).
+COMPARISONS = {
+    "acc_vs_gflops.png": "Test accuracy against GFLOPs per image",
+    "acc_vs_infer_speed.png": "Test accuracy against inference speed",
+    "acc_vs_train_fraction.png": "Test accuracy against the share of training data",
+    "acc_vs_resolution.png": "Test accuracy against test image size",
+}
+TITLES = {**PLOTS, **COMPARISONS}
+TRAIN_FRACTION = "train_fraction"  # data.train_fraction; a run without it trained on all its data
 
 
 def cumulative(values: Sequence[tuple[int, float]]) -> dict[int, float]:
@@ -41,7 +51,7 @@ def plot_all(groups: Sequence[Group], names: Sequence[str], out: Path) -> list[s
     written = []
 
     def save(fig, ax, file: str, xlabel: str, ylabel: str) -> None:
-        ax.set(title=PLOTS[file], xlabel=xlabel, ylabel=ylabel)
+        ax.set(title=TITLES[file], xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
@@ -73,19 +83,76 @@ def plot_all(groups: Sequence[Group], names: Sequence[str], out: Path) -> list[s
         x_of=lambda run: cumulative(run.history.get("train/epoch_time", [])), xlabel="training seconds",
     )  # fmt: skip
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sizes = []
-    for (group, _), style in zip(done, styles):
-        params = stat(run.metrics.get("params") for run in group.completed).mean
-        acc = stat(run.metrics.get("val/acc_best") for run in group.completed)
-        if params and acc.mean is not None:
+    def points(file: str, x_key: str, y_key: str, xlabel: str, ylabel: str, always: bool = False) -> None:
+        """One point per group: the means of two metrics, each with its seed spread as an error bar."""
+        found = []
+        for (group, _), style in zip(done, styles):
+            x = stat(run.metrics.get(x_key) for run in group.completed)
+            y = stat(run.metrics.get(y_key) for run in group.completed)
+            if x.mean and y.mean is not None:
+                found.append((x, y, style))
+        if not always and len({x.mean for x, _, _ in found}) < 2:
+            return
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for x, y, style in found:
             ax.errorbar(
-                params, acc.mean, yerr=acc.std or 0.0, linestyle="none", capsize=3, alpha=0.85, **style
-            )
-            sizes.append(params)
-    if sizes and max(sizes) > 10 * min(sizes):
-        ax.set_xscale("log")
-    else:
-        ax.ticklabel_format(axis="x", style="plain", useOffset=False)
-    save(fig, ax, "acc_vs_params.png", "parameters", "best validation accuracy")
+                x.mean, y.mean, xerr=x.std or 0.0, yerr=y.std or 0.0, linestyle="none", capsize=3,
+                alpha=0.85, **style,
+            )  # fmt: skip
+        xs = [x.mean for x, _, _ in found]
+        if xs and max(xs) > 10 * min(xs):
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+        save(fig, ax, file, xlabel, ylabel)
+
+    points(
+        "acc_vs_params.png", "params", "val/acc_best", "parameters", "best validation accuracy", always=True
+    )
+    points("acc_vs_gflops.png", "gflops_per_image", "test/acc", "GFLOPs per image", "test accuracy")
+    points(
+        "acc_vs_infer_speed.png", "infer_images_per_sec", "test/acc", "inference images/s", "test accuracy"
+    )
+
+    def lines(file: str, series: dict[str, list[tuple[float, Stat]]], style_of, xlabel: str) -> None:
+        """One line per series through its points (x, accuracy ± std)."""
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, found in series.items():
+            found = sorted(found, key=lambda point: point[0])
+            x, y = [p[0] for p in found], [p[1].mean for p in found]
+            spread = [p[1].std or 0.0 for p in found]
+            ax.errorbar(x, y, yerr=spread, capsize=3, alpha=0.85, **{**style_of[name], "label": name})
+        xs = [x for found in series.values() for x, _ in found]
+        if max(xs) > 10 * min(xs):  # data shares such as 0.01, 0.1, 1
+            ax.set_xscale("log")
+        save(fig, ax, file, xlabel, "test accuracy")
+
+    # Data efficiency: the groups that differ only in data.train_fraction are one line.
+    fractions: dict[str, list[tuple[float, Stat]]] = {}
+    style_of = {}
+    for (group, name), style in zip(done, styles):
+        acc = stat(run.metrics.get("test/acc") for run in group.completed)
+        if acc.mean is not None:
+            line = ", ".join(p for p in name.split(", ") if not p.startswith(f"{TRAIN_FRACTION}=")) or "all"
+            fractions.setdefault(line, []).append((train_fraction(group), acc))
+            style_of.setdefault(line, style)
+    if len({x for found in fractions.values() for x, _ in found}) > 1:
+        lines(
+            "acc_vs_train_fraction.png",
+            fractions,
+            style_of,
+            "share of the training split (data.train_fraction)",
+        )
+
+    sizes = {name: list(resolution_stats(group.completed).items()) for group, name in done}
+    sizes = {name: found for name, found in sizes.items() if found}
+    if sizes:
+        style_of = {style["label"]: style for style in styles}
+        lines("acc_vs_resolution.png", sizes, style_of, "test image size (px)")
     return written
+
+
+def train_fraction(group: Group) -> float:
+    """The share of its training split a group trained on (1 for runs from before the option)."""
+    data = group.runs[0].config.get("data") or {}
+    return float(data.get(TRAIN_FRACTION) or 1.0)

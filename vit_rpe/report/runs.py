@@ -20,8 +20,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# Folders inside a run that hold no other runs.
-SKIP_DIRS = {".hydra", "csv", "tensorboard", "wandb", "checkpoints", "report", "__pycache__"}
+# Folders inside a run that hold no other runs (``evals/<px>px``: the run's model at other image
+# sizes, read as part of the run).
+SKIP_DIRS = {".hydra", "csv", "tensorboard", "wandb", "checkpoints", "report", "evals", "__pycache__"}
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Run:
     metrics: dict[str, Any]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(epoch, value)]
     error: str | None = None
+    per_class: dict[str, float] = field(default_factory=dict)  # class -> test recall (per_class.csv)
+    resolutions: dict[int, dict[str, Any]] = field(default_factory=dict)  # test image size -> metrics
     checkpoint: str | None = None  # an evaluation's checkpoint, as it was given
     trained_by: Run | None = None  # the training run that wrote that checkpoint, when it is found
 
@@ -91,6 +94,32 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
 
 
+def read_per_class(path: Path) -> dict[str, float]:
+    """Test recall (per-class accuracy) of each class with test images, from ``per_class.csv``
+    (columns class, support, recall, precision, f1)."""
+    if not path.is_file():
+        return {}
+    recall = {}
+    with path.open(newline="") as file:
+        for row in csv.DictReader(file):
+            with contextlib.suppress(TypeError, ValueError):
+                if float(row["support"]) > 0:
+                    recall[row["class"]] = float(row["recall"])
+    return recall
+
+
+def read_resolutions(folder: Path) -> dict[int, dict[str, Any]]:
+    """The run's model tested at other image sizes: ``evals/<px>px/metrics.json`` by image size."""
+    found = {}
+    for path in sorted(folder.glob("*px/metrics.json")) if folder.is_dir() else []:
+        metrics = read_json(path) or {}
+        size = metrics.get("image_size") or path.parent.name.removesuffix("px")
+        with contextlib.suppress(TypeError, ValueError):
+            if metrics.get("test/acc") is not None:
+                found[int(size[0] if isinstance(size, list) else size)] = metrics
+    return dict(sorted(found.items()))
+
+
 def load_run(run_dir: Path) -> Run:
     metrics = read_json(run_dir / "metrics.json")
     hydra = read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
@@ -113,6 +142,8 @@ def load_run(run_dir: Path) -> Run:
         overrides=list(read_yaml(run_dir / ".hydra" / "overrides.yaml") or []),
         metrics=metrics or {},
         history=read_history(run_dir / "csv" / "metrics.csv"),
+        per_class=read_per_class(run_dir / "per_class.csv"),
+        resolutions=read_resolutions(run_dir / "evals"),
         error=error,
         checkpoint=str(evaluation) if evaluation else None,
     )

@@ -8,30 +8,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vit_rpe.report.groups import SEED_KEY, stat
+from vit_rpe.report.groups import SEED_KEY, Group, resolution_stats, stat, worst_classes
 from vit_rpe.report.runs import Run, describe, relative
 
 # Report column -> metrics.json key: every number a run reports, averaged over a seed group.
 METRICS = {
-    "params": "params", "val_acc_best": "val/acc_best", "test_acc": "test/acc",
-    "test_acc_top5": "test/acc_top5", "epochs": "epochs", "sec_per_epoch": "seconds_per_epoch",
-    "images_per_sec": "train_images_per_sec",
+    "params": "params", "gflops_per_image": "gflops_per_image", "val_acc_best": "val/acc_best",
+    "test_acc": "test/acc", "test_acc_top5": "test/acc_top5", "test_macro_f1": "test/macro_f1",
+    "epochs": "epochs", "sec_per_epoch": "seconds_per_epoch", "images_per_sec": "train_images_per_sec",
+    "infer_images_per_sec": "infer_images_per_sec",
 }  # fmt: skip
 # What an evaluation's row takes from the run whose checkpoint it tested.
-MODEL_KEYS = ("params",)
+MODEL_KEYS = ("params", "gflops_per_image")
 DESCRIPTION = ("model", "attention", "rpe", "data")
-RUN_COLUMNS = ("run", "label", "status", *DESCRIPTION, "seed", *METRICS, "error")
+RUN_COLUMNS = ("run", "label", "status", *DESCRIPTION, "seed", *METRICS, "worst_classes", "error")
 GROUP_COLUMNS = (
     "run", "label", "status", *DESCRIPTION, "seeds", "n", "failed",
-    *(f"{metric}{suffix}" for metric in METRICS for suffix in ("", "_std", "_n")), "error",
+    *(f"{metric}{suffix}" for metric in METRICS for suffix in ("", "_std", "_n")), "worst_classes",
+    "error",
 )  # fmt: skip
-ACCURACIES = ("val_acc_best", "test_acc", "test_acc_top5")
+# Numbers a run counts rather than measures: equal across seeds, they show without "± 0".
+COUNTS = ("params", "gflops_per_image", "epochs")
+RESOLUTION_COLUMNS = ("label", "image_size", "test_acc", "test_acc_std", "n")
+ACCURACIES = ("val_acc_best", "test_acc", "test_acc_top5", "test_macro_f1")
 # Column headers of report.md (accuracies in %).
 HEADERS = {
     "label": "run", "status": "status", "model": "model", "attention": "attention", "rpe": "rpe",
-    "data": "data", "n": "n", "params": "params", "val_acc_best": "best val acc %",
-    "test_acc": "test top-1 %", "test_acc_top5": "test top-5 %", "epochs": "epochs",
-    "sec_per_epoch": "s/epoch", "images_per_sec": "images/s", "error": "error",
+    "data": "data", "n": "n", "params": "params", "gflops_per_image": "GFLOPs/image",
+    "val_acc_best": "best val acc %", "test_acc": "test top-1 %", "test_acc_top5": "test top-5 %",
+    "test_macro_f1": "test macro-F1 %", "epochs": "epochs", "sec_per_epoch": "s/epoch",
+    "images_per_sec": "train images/s", "infer_images_per_sec": "inference images/s",
+    "worst_classes": "worst classes (test recall %)", "error": "error",
 }  # fmt: skip
 
 
@@ -49,11 +56,18 @@ def run_row(run: Run, label: str, root: Path) -> dict[str, Any]:
         **describe(run),
         "seed": run.config.get(SEED_KEY),
         **{column: metrics.get(key) for column, key in METRICS.items()},
+        "worst_classes": worst_text([run]),
         "error": run.error,
     }
 
 
-def group_row(members: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
+def worst_text(runs: Sequence[Run]) -> str | None:
+    """The three classes the runs recognise worst, with their mean test recall: ``cat 41.0%, ...``."""
+    worst = worst_classes(runs)
+    return ", ".join(f"{name} {100 * recall.mean:.1f}%" for name, recall in worst) or None
+
+
+def group_row(group: Group, members: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
     """A seed group's line from its runs' lines: each metric's mean, sample std and n over the
     completed runs. Failed and incomplete runs are counted in ``status`` (and ``failed``) and left
     out of the numbers."""
@@ -68,6 +82,7 @@ def group_row(members: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
         "seeds": ";".join(str(m["seed"]) for m in members if m["seed"] is not None) or None,
         "n": len(done),
         "failed": counts["failed"],
+        "worst_classes": worst_text(group.completed),
         "error": next((m["error"] for m in members if m["error"]), None),
     }
     for metric in METRICS:
@@ -90,9 +105,9 @@ def cell(key: str, value: Any) -> str:
         return f"{100 * value:.2f}"
     if key == "params":
         return f"{round(value):,}"
-    if key == "sec_per_epoch":
+    if key in ("sec_per_epoch", "gflops_per_image"):
         return f"{value:.3g}"
-    if key == "images_per_sec":
+    if key in ("images_per_sec", "infer_images_per_sec"):
         return f"{value:,.0f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -101,8 +116,8 @@ def stat_cell(key: str, row: dict[str, Any]) -> str:
     """``mean ± std`` of a group; ``(n=k)`` when fewer of its runs reported this metric."""
     mean, std, n = row[key], row[f"{key}_std"], row[f"{key}_n"]
     text = cell(key, mean)
-    if std is not None and (std > 0 or key not in ("params", "epochs")):  # counts that agree: no ± 0
-        spread = {"sec_per_epoch": f"{std:.2g}", "epochs": f"{std:.2g}"}.get(key, cell(key, std))
+    if std is not None and (std > 0 or key not in COUNTS):  # counts that agree: no ± 0
+        spread = f"{std:.2g}" if key in ("sec_per_epoch", "epochs", "gflops_per_image") else cell(key, std)
         text += f" ± {spread}"
     return text + (f" (n={n})" if 0 < n < row["n"] else "")
 
@@ -116,4 +131,34 @@ def markdown_table(rows: Sequence[dict[str, Any]], grouped: bool = False) -> str
     for row in rows:
         cells = [stat_cell(k, row) if grouped and k in METRICS else cell(k, row.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def resolution_rows(groups: Sequence[Group], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Test accuracy at each image size a group's models were evaluated at (``evals/<px>px``)."""
+    rows = []
+    for group, name in zip(groups, names):
+        for size, acc in resolution_stats(group.completed).items():
+            rows.append(
+                {"label": name, "image_size": size, "test_acc": acc.mean, "test_acc_std": acc.std, "n": acc.n}
+            )
+    return rows
+
+
+def resolution_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per group, one column per test image size: accuracy % as mean ± std."""
+    sizes = sorted({row["image_size"] for row in rows})
+    names = list(dict.fromkeys(row["label"] for row in rows))
+    found = {(row["label"], row["image_size"]): row for row in rows}
+    lines = ["| run | " + " | ".join(f"{size} px" for size in sizes) + " |"]
+    lines.append("|---|" + "|".join("---:" for _ in sizes) + "|")
+    for name in names:
+        cells = []
+        for size in sizes:
+            row = found.get((name, size))
+            text = cell("test_acc", row and row["test_acc"])
+            if row and row["test_acc_std"] is not None:
+                text += f" ± {cell('test_acc', row['test_acc_std'])}"
+            cells.append(text)
+        lines.append(f"| {cell('label', name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
