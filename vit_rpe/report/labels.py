@@ -25,20 +25,18 @@ def labels(
 
     ``seeds=False`` names seed groups by their first runs: the seed of one of them says nothing.
     """
+    fallbacks = dict(zip((run.dir for run in runs), fallback or [relative(run.dir, root) for run in runs]))
     trained = [run for run in runs if not run.checkpoint]
-    fallbacks = list(fallback) if fallback else [relative(run.dir, root) for run in runs]
-    index = {id(run): i for i, run in enumerate(runs)}
-    names = dict(
-        zip(map(id, trained), training_labels(trained, seeds, [fallbacks[index[id(r)]] for r in trained]))
-    )
+    found = training_labels(trained, seeds, [fallbacks[run.dir] for run in trained])
+    names = dict(zip((run.dir for run in trained), found))
 
     evaluations = [run for run in runs if run.checkpoint]
-    evaluation_names = [f"eval of {model_name(run, names, root)}" for run in evaluations]
-    extra = distinct([overrides(run, seeds, skip=("ckpt_path",)) for run in evaluations])
-    for i, (run, name) in enumerate(zip(evaluations, evaluation_names)):
-        clash = evaluation_names.count(name) > 1
-        names[id(run)] = f"{name}, {extra[i]}" if clash and extra else name
-    return [names[id(run)] for run in runs]
+    tested = [f"eval of {model_name(run, names, root)}" for run in evaluations]
+    # evaluations of one checkpoint: told apart by their other overrides (data=...)
+    others = distinct([overrides(run, seeds, skip=("ckpt_path",)) for run in evaluations])
+    for i, (run, name) in enumerate(zip(evaluations, tested)):
+        names[run.dir] = f"{name}, {others[i]}" if others and tested.count(name) > 1 else name
+    return [names[run.dir] for run in runs]
 
 
 def training_labels(runs: Sequence[Run], seeds: bool, fallback: Sequence[str]) -> list[str]:
@@ -71,15 +69,15 @@ def overrides(run: Run, seeds: bool, skip: Sequence[str] = ()) -> dict[str, str]
     return {k: v for k, v in named.items() if k not in skip and (seeds or k.rsplit(".", 1)[-1] != SEED_KEY)}
 
 
-def model_name(run: Run, names: dict[int, str], root: Path) -> str:
+def model_name(run: Run, names: dict[Path, str], root: Path) -> str:
     """An evaluation's model: its training run's name here (or its directory) and checkpoint file."""
     ckpt = Path(run.checkpoint)
     source = run.trained_by
     if source is None:
         folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return f"{folder} ({ckpt.name})"
-    if names.get(id(source), NO_OVERRIDES) != NO_OVERRIDES:
-        return f"{names[id(source)]} ({ckpt.name})"
+    if names.get(source.dir, NO_OVERRIDES) != NO_OVERRIDES:
+        return f"{names[source.dir]} ({ckpt.name})"
     inside = source.dir.resolve().is_relative_to(root)
     return f"{relative(source.dir.resolve(), root) if inside else source.dir} ({ckpt.name})"
 
