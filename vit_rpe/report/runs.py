@@ -133,7 +133,9 @@ def load_run(run_dir: Path) -> Run:
         error = (metrics or {}).get("error") or last_line(run_dir / "error.txt")
     else:
         status = "completed" if metrics else "incomplete"
-    evaluation = "model" not in config and config.get("ckpt_path")  # vit_rpe.eval's config has no model
+    # vit_rpe.eval: a checkpoint tested; its config has no model (the checkpoint has it)
+    tested = "model" not in config or config.get("task_name") == "eval"
+    evaluation = tested and config.get("ckpt_path")
     return Run(
         dir=run_dir,
         status=status,

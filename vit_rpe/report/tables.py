@@ -19,7 +19,7 @@ METRICS = {
     "infer_images_per_sec": "infer_images_per_sec",
 }  # fmt: skip
 # What an evaluation's row takes from the run whose checkpoint it tested.
-MODEL_KEYS = ("params", "gflops_per_image")
+MODEL_KEYS = ("params",)  # not GFLOPs: an evaluation may run at another image size
 DESCRIPTION = ("model", "attention", "rpe", "data")
 RUN_COLUMNS = ("run", "label", "status", *DESCRIPTION, "seed", *METRICS, "worst_classes", "error")
 GROUP_COLUMNS = (
