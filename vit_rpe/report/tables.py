@@ -43,12 +43,9 @@ HEADERS = {
 
 
 def run_row(run: Run, label: str, root: Path) -> dict[str, Any]:
-    # an evaluation tests its training run's model: the model's size is that run's
-    metrics = (
-        {**{k: run.trained_by.metrics.get(k) for k in MODEL_KEYS}, **run.metrics}
-        if run.trained_by
-        else run.metrics
-    )
+    metrics = run.metrics
+    if run.trained_by:  # an evaluation tests its training run's model: the model's size is that run's
+        metrics = {**{k: run.trained_by.metrics.get(k) for k in MODEL_KEYS}, **metrics}
     return {
         "run": relative(run.dir, root),
         "label": label,
