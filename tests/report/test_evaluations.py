@@ -45,7 +45,7 @@ def test_an_evaluation_finds_its_training_run_outside_the_folder(tmp_path):
     rows = read_csv(tmp_path / "out" / "report.csv")
     assert [(r["label"], r["attention"], r["params"]) for r in rows] == [
         (f"eval of {train} (last.ckpt)", "linear", "1000"),
-        ("eval of elsewhere (gone.ckpt)", "", ""),
+        ("eval of elsewhere/checkpoints/gone.ckpt", "", ""),
     ]
 
 
@@ -93,3 +93,12 @@ def test_failed_completed_and_prediction_runs(tmp_path):
         ("patch_size=3", "failed", "ConfigError: patch_size 3 does not divide 8"),
         ("patch_size=2", "completed", ""),
     ]
+
+
+def test_a_failed_evaluation_says_failed_and_names_its_checkpoint(tmp_path):
+    run = write_eval_run(tmp_path / "e", "nosuch.ckpt", None)
+    (run / "error.txt").write_text("Traceback ...\nCheckpointError: checkpoint nosuch.ckpt does not exist\n")
+    make_report(tmp_path, tmp_path / "out", plots=False)
+    (row,) = read_csv(tmp_path / "out" / "report.csv")
+    assert (row["label"], row["status"]) == ("eval of nosuch.ckpt", "failed")
+    assert row["error"] == "CheckpointError: checkpoint nosuch.ckpt does not exist"

@@ -70,12 +70,12 @@ def overrides(run: Run, seeds: bool, skip: Sequence[str] = ()) -> dict[str, str]
 
 
 def model_name(run: Run, names: dict[Path, str], root: Path) -> str:
-    """An evaluation's model: its training run's name here (or its directory) and checkpoint file."""
+    """An evaluation's model: its training run's name here (or its directory) and checkpoint file,
+    else the checkpoint's path."""
     ckpt = Path(run.checkpoint)
     source = run.trained_by
-    if source is None:
-        folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        return f"{folder} ({ckpt.name})"
+    if source is None:  # not found: the checkpoint as it was given
+        return run.checkpoint
     if names.get(source.dir, NO_OVERRIDES) != NO_OVERRIDES:
         return f"{names[source.dir]} ({ckpt.name})"
     inside = source.dir.resolve().is_relative_to(root)

@@ -136,6 +136,8 @@ def load_run(run_dir: Path) -> Run:
     # vit_rpe.eval: a checkpoint tested; its config has no model (the checkpoint has it)
     tested = "model" not in config or config.get("task_name") == "eval"
     evaluation = tested and config.get("ckpt_path")
+    if evaluation == "???":  # Hydra's missing value: the run stopped on it
+        evaluation = "no ckpt_path"
     return Run(
         dir=run_dir,
         status=status,
@@ -160,6 +162,8 @@ def link_evaluations(runs: Sequence[Run]) -> None:
         ckpt = Path(run.checkpoint)
         folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         tail = [part for part in folder.parts if part != "."]
+        if not tail:  # a checkpoint file outside any run directory
+            continue
         found = [other for other in runs if other is not run and list(other.dir.parts[-len(tail) :]) == tail]
         if found:
             run.trained_by = found[0]
