@@ -23,9 +23,9 @@ from vit_rpe.build import build_run
 from vit_rpe.utils.errors import ConfigError
 from vit_rpe.utils.run import (
     CONF_DIR,
-    exit_on_user_error,
     instantiate_named,
     print_metrics,
+    run_job,
     to_float,
     write_metrics,
 )
@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(evaluate, cfg)
+    run_job(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -119,15 +119,22 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def record_failure(err: BaseException, output_dir: Path) -> str:
-    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report;
-    returns the one-line summary."""
+def write_error(err: BaseException, output_dir: Path) -> str:
+    """The job's traceback in ``error.txt``, which marks the run failed for the report; returns the
+    one-line summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    (output_dir / "error.txt").write_text(text)
     cause = user_error_of(err) or err
     message = str(cause).strip().splitlines()
     summary = f"{type(cause).__name__}: {message[0] if message else ''}"
+    (output_dir / "error.txt").write_text(f"{text}\n{summary}\n")
+    return summary
+
+
+def record_failure(err: BaseException, output_dir: Path) -> str:
+    """A sweep job's failure: ``error.txt`` and ``metrics.json`` with status failed; returns the
+    one-line summary."""
+    summary = write_error(err, output_dir)
     record = {"status": "failed", "error": summary, "output_dir": str(output_dir)}
     write_metrics(record, output_dir / "metrics.json")
     return summary
@@ -149,12 +156,13 @@ def finish_wandb(exit_code: int = 0) -> None:
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``job`` as an entry point does; a W&B run never outlives its job.
 
-    A single run stops on errors (a user error exits 1 cleanly). A sweep job (``-m``) records its
-    failure in its own directory and returns None, so the other jobs of the sweep still run.
+    A single run stops on errors (a user error exits 1 cleanly) and leaves ``error.txt`` in its
+    directory. A sweep job (``-m``) records its failure in its own directory and returns None, so
+    the other jobs of the sweep still run.
     """
     multirun = in_multirun()
     try:
-        result = job(cfg) if multirun else exit_on_user_error(job, cfg)
+        result = job(cfg) if multirun else exit_on_user_error(leaving_error_file(job), cfg)
     except Exception as err:
         finish_wandb(exit_code=1)
         if not multirun:
@@ -165,3 +173,18 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return None
     finish_wandb()
     return result
+
+
+def leaving_error_file(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """``job`` that writes ``error.txt`` into its run directory when it fails, so the report says
+    failed; a resume (``resume_dir=``) never writes into the run it names, refused or not."""
+
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return job(cfg)
+        except Exception as err:
+            if HydraConfig.initialized() and not cfg.get("resume_dir"):
+                write_error(err, Path(HydraConfig.get().runtime.output_dir))
+            raise
+
+    return run
