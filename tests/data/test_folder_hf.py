@@ -62,6 +62,9 @@ def test_image_folder_bad_layouts(tmp_path):
     with pytest.raises(DataError, match="no class folders"):
         ImageFolderDataModule(tmp_path / "flat")
     (tmp_path / "flat" / "empty_class").mkdir()
+    with pytest.raises(DataError, match=r"one class folder \(empty_class\): a classifier needs at least two"):
+        ImageFolderDataModule(tmp_path / "flat")
+    (tmp_path / "flat" / "empty_too").mkdir()
     with pytest.raises(DataError, match="no images"):
         ImageFolderDataModule(tmp_path / "flat").setup()
     write_image_folder(tmp_path / "bad", classes=("a", "b"), per_class=4)

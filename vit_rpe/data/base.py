@@ -116,6 +116,11 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        if image_size is None and not hasattr(self, "native_size"):
+            raise ConfigError(
+                f"data.image_size is null and {type(self).__name__} has no size of its own: give the side "
+                "in pixels images are resized to, e.g. data.image_size=64"
+            )
         self.image_size = image_size or self.native_size[0]
         self.in_chans = in_chans or self.default_in_chans
         self.num_classes = num_classes or self.default_num_classes
