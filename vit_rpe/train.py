@@ -49,8 +49,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(path)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
     """Seed, build data, model, callbacks, loggers and trainer; fit; test the best checkpoint.
+
+    ``show_config`` prints the config tree once the config, data and model passed their checks
+    (so a mistake is the only output), before training starts.
 
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
@@ -66,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
     resumed = read_task_checkpoint(ckpt_path) if ckpt_path else None
     datamodule, model = build_run(cfg, resuming=resumed)
+    if show_config:
+        print_config_tree(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -155,13 +160,8 @@ def run_summary(
 
 
 def train_and_score(cfg: DictConfig) -> float | None:
-    """train(cfg), then the metric a sweeper optimises: an unknown name is a user error of the job.
-
-    The config tree is shown once its values passed the checks (a wrong one is the only output).
-    """
-    check_config(cfg)
-    print_config_tree(cfg)
-    return metric_for_sweeper(train(cfg), cfg.get("optimized_metric"))
+    """train(cfg), then the metric a sweeper optimises: an unknown name is a user error of the job."""
+    return metric_for_sweeper(train(cfg, show_config=True), cfg.get("optimized_metric"))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

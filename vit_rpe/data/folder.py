@@ -66,7 +66,7 @@ class ImageFolderDataModule(DecodedImageDataModule):
         if len(self.classes) < 2:
             raise DataError(
                 f"{data_dir} has one class folder ({self.classes[0]}): a classifier needs at least two. "
-                f"Point data.data_dir at the folder above the class folders. {FolderLayout.hint}"
+                f"{FolderLayout.hint}"
             )
         self.test_dir = Path(test_dir) if test_dir else None
         self.default_in_chans = in_chans
@@ -79,6 +79,7 @@ class ImageFolderDataModule(DecodedImageDataModule):
             cache_dir=cache_dir or Path(data_dir) / ".cache",
             **kwargs,
         )
+        self.scan()  # listed once, now: a bad layout is reported before a Trainer starts
 
     @property
     def class_names(self) -> list[str]:

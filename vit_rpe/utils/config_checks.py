@@ -73,7 +73,7 @@ def check_int(key: str, value: Any, fix: str) -> None:
 def check_positive_int(key: str, value: Any, example: int, what: str | None = None) -> None:
     if value is None:
         return
-    fix = f"{what or 'a whole number'} of at least 1, e.g. {key}={example}"
+    fix = f"{what or 'a whole number'}, at least 1, e.g. {key}={example}"
     check_int(key, value, fix)
     if value < 1:
         raise ConfigError(f"{key} must be at least 1, got {value}: give {fix}")
