@@ -336,6 +336,17 @@ def test_cli_rejects(name, cli_results):
 CHECKED_BEFORE_THE_TREE = ("cli-user-error", "cli-bad-value")
 
 
+def test_a_wrong_value_leaves_no_run_directory(tmp_path):
+    """Checked before Hydra makes the run directory: nothing to clean up, one line on stderr."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vit_rpe.train", "rpe.impl=fft", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: rpe.impl=fft chooses how a relative position mask is applied")
+    assert result.stdout == "" and not run_dir.exists()
+
+
 def test_entry_points_import_nothing_heavy():
     """Option errors and ``--cfg job`` answer before lightning and torch are imported."""
     code = (

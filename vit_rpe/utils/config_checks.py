@@ -13,6 +13,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.utils.errors import ConfigError
@@ -49,6 +50,17 @@ def check_config(cfg: DictConfig) -> None:
             "data.image_size", size, example=64, what="the side in pixels images are resized to"
         )
     check_rpe(cfg)
+
+
+class CheckConfig(Callback):
+    """Hydra callback (conf/hydra/default.yaml): a single run's config is checked before Hydra
+    makes its run directory, so a wrong value leaves nothing behind. (Sweep jobs are checked in
+    ``train``, where a failure is recorded in the job's directory and the sweep goes on.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vit_rpe.utils.run import exit_on_user_error
+
+        exit_on_user_error(check_config, config)
 
 
 def select(cfg: DictConfig, key: str, default: Any = None) -> Any:
