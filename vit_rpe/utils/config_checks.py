@@ -13,7 +13,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from hydra.experimental.callback import Callback
+from hydra.experimental.callback import Callback as HydraCallback  # not a Lightning callback
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.utils.errors import ConfigError
@@ -52,7 +52,7 @@ def check_config(cfg: DictConfig) -> None:
     check_rpe(cfg)
 
 
-class CheckConfig(Callback):
+class CheckConfig(HydraCallback):
     """Hydra callback (conf/hydra/default.yaml): a single run's config is checked before Hydra
     makes its run directory, so a wrong value leaves nothing behind. (Sweep jobs are checked in
     ``train``, where a failure is recorded in the job's directory and the sweep goes on.)"""
