@@ -14,7 +14,7 @@ import numbers
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback  # not a Lightning callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vit_rpe.utils.errors import ConfigError
 
@@ -32,8 +32,8 @@ def check_config(cfg: DictConfig) -> None:
             check_number("model.optimizer.lr", lr, "a positive learning rate, e.g. model.optimizer.lr=1e-3")
             if lr <= 0:
                 raise ConfigError(
-                    f"model.optimizer.lr={lr} must be positive: e.g. model.optimizer.lr=1e-3 "
-                    "(the recipes' values are in conf/model/recipe/)"
+                    f"model.optimizer.lr={lr} must be positive, e.g. model.optimizer.lr=1e-3 (or drop the "
+                    "override: each dataset's recipe sets one)"
                 )
     check_positive_int("data.batch_size", select(cfg, "data.batch_size"), example=32)
     workers = select(cfg, "data.num_workers")
@@ -45,9 +45,9 @@ def check_config(cfg: DictConfig) -> None:
                 "processes, or auto (the CPUs this process may use)"
             )
     size = select(cfg, "data.image_size")
-    if size is not None:
+    for side in size if isinstance(size, (ListConfig, list, tuple)) else [size]:  # (height, width)
         check_positive_int(
-            "data.image_size", size, example=64, what="the side in pixels images are resized to"
+            "data.image_size", side, example=64, what="the side in pixels images are resized to"
         )
     check_rpe(cfg)
 
