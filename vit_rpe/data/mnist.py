@@ -73,6 +73,8 @@ class MNISTDataModule(ImageDataModule):
         super().__init__(*args, **kwargs)
         self.val_size = val_size
         self.download = download
+        if not download:  # nothing will fetch them: say so before a Trainer starts
+            self.prepare_data()
 
     def prepare_data(self) -> None:
         missing = [name for name in MNIST_FILES if find_mnist_file(self.data_dir, name) is None]
