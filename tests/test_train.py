@@ -115,6 +115,7 @@ def test_data_metadata_must_agree(train_config):
 
 
 def test_cli_runs_and_prints_where_the_run_is(tmp_path):
+    """...and logs to one run.log, also with another task_name (quickstart) and once resumed."""
     run_dir = tmp_path / "cli-run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -122,6 +123,7 @@ def test_cli_runs_and_prints_where_the_run_is(tmp_path):
         "-m",
         "vit_rpe.train",
         f"hydra.run.dir={run_dir}",
+        "experiment=quickstart",
         "trainer=cpu",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
@@ -135,6 +137,14 @@ def test_cli_runs_and_prints_where_the_run_is(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run directory: {run_dir}" in result.stdout + result.stderr
     assert (run_dir / "metrics.json").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
+    first = (run_dir / "run.log").read_text()
+    resume = [sys.executable, "-m", "vit_rpe.train", f"resume_dir={run_dir}", "trainer.max_epochs=2"]
+    result = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
+    log = (run_dir / "run.log").read_text()
+    assert log.startswith(first) and len(log) > len(first)  # the resumed run appended
 
 
 def test_cli_unknown_option_lists_the_choices(tmp_path):

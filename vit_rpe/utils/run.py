@@ -109,8 +109,7 @@ def exit_on_user_error(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
         user_error = user_error_of(err)
         if user_error is None:
             raise
-        log.error("%s", user_error)
-        print(f"error: {user_error}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)  # once: the log's console handler is stdout
         raise SystemExit(1) from None
 
 
