@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from tests.conftest import FAST, LEARNS, ROOT, compose_config
-from vit_rpe.models import KERNELS, RPES, RelativePositionMask, RotaryPositionEmbedding
+from tests.models.test_rope import assert_scores_depend_on_the_2d_offset_only
+from vit_rpe.models import KERNELS, RPES, AttentionKernel, RelativePositionMask, RotaryPositionEmbedding
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.rpe import build_rpe
 from vit_rpe.train import train
+from vit_rpe.utils.errors import ConfigError
 
 DOC = ROOT / "docs" / "attention.md"
 EXAMPLE_KERNELS = ["my_kernels:LearnedTemperatureAttention"]
@@ -112,18 +114,7 @@ def test_family_contract(family_name):
             torch.testing.assert_close(module.matmul(z, impl), m @ z, rtol=1e-9, atol=1e-9)
         return
     assert isinstance(module, RotaryPositionEmbedding)
-    n = module.num_tokens
-    q0, k0 = torch.randn(2, 1, HEADS, 1, HEAD_DIM, dtype=torch.float64)
-    q, k = module(q0.expand(1, HEADS, n, HEAD_DIM), k0.expand(1, HEADS, n, HEAD_DIM))
-    assert torch.equal(q[:, :, :1], q0.expand(1, HEADS, 1, HEAD_DIM))
-    scores = (q @ k.transpose(-2, -1))[0, :, 1:, 1:]  # [H, N, N] between grid tokens
-    wg = GRID[1]
-    first: dict[tuple[int, int], torch.Tensor] = {}
-    for i in range(n - 1):
-        for j in range(n - 1):
-            offset = (j // wg - i // wg, j % wg - i % wg)
-            expected = first.setdefault(offset, scores[:, i, j])
-            torch.testing.assert_close(scores[:, i, j], expected, rtol=0, atol=1e-12)
+    assert_scores_depend_on_the_2d_offset_only(module)
 
 
 def test_the_doc_example_trains_from_the_command_line(tmp_path, user_module):
@@ -146,3 +137,17 @@ def test_the_doc_example_trains_from_the_command_line(tmp_path, user_module):
     assert metrics["test/acc"] > 0.25
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "my_kernels:LearnedTemperatureAttention" in saved and "my_kernels:GaussianRPE" in saved
+
+
+def test_a_mask_of_an_impl_the_kernel_does_not_claim_is_refused():
+    class NoMask(AttentionKernel):
+        def __init__(self, head_dim, attn_drop=0.0):
+            super().__init__()
+
+    kernel = NoMask(HEAD_DIM)
+    with pytest.raises(ConfigError, match=r"does not compute with an RPE mask of rpe\.impl=quadratic"):
+        MultiHeadSelfAttention(
+            HEADS * HEAD_DIM, HEADS, kernel, build_rpe("exp", GRID, HEADS, impl="quadratic")
+        )
+    rope = build_rpe("rope", GRID, HEADS, head_dim=HEAD_DIM)  # rotary: nothing asked of the kernel
+    assert MultiHeadSelfAttention(HEADS * HEAD_DIM, HEADS, kernel, rope).rpe is rope

@@ -59,25 +59,32 @@ def test_rotation_matches_brute_force(variant, prefix):
         assert torch.equal(module.rotate(x)[:, :, :prefix], x[:, :, :prefix])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_scores_depend_only_on_the_2d_offset(variant):
-    """The same query and key contents at every grid position: (R_i q).(R_j k) is one number per
-    offset (y_j - y_i, x_j - x_i), whichever pair of tokens has it (and not one number overall)."""
-    module = rope(variant, prefix=0, grid=(4, 5))
-    q0, k0 = torch.randn(2, 1, 2, 1, 8, dtype=torch.float64)
+def assert_scores_depend_on_the_2d_offset_only(module) -> None:
+    """The same query and key contents at every position: (R_i q).(R_j k) between grid tokens is
+    one number per offset (y_j - y_i, x_j - x_i), whichever pair has it (and not one number
+    overall); prefix tokens are not rotated. For every rotary family (test_contract.py too)."""
+    heads, d, p = module.num_heads, module.head_dim, module.num_prefix_tokens
     n = module.num_tokens
-    q, k = module(q0.expand(1, 2, n, 8), k0.expand(1, 2, n, 8))
-    scores = q @ k.transpose(-2, -1)  # [1, H, N, N]
+    q0, k0 = torch.randn(2, 1, heads, 1, d, dtype=torch.float64)
+    q, k = module(q0.expand(1, heads, n, d), k0.expand(1, heads, n, d))
+    assert torch.equal(q[:, :, :p], q0.expand(1, heads, p, d))
+    scores = (q @ k.transpose(-2, -1))[0, :, p:, p:]  # [H, N, N] between grid tokens
     hg, wg = module.grid_size
     by_offset: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for i in range(n):
-        for j in range(n):
+    for i in range(hg * wg):
+        for j in range(hg * wg):
             offset = (j // wg - i // wg, j % wg - i % wg)
-            by_offset.setdefault(offset, []).append(scores[0, :, i, j])
+            by_offset.setdefault(offset, []).append(scores[:, i, j])
     assert len(by_offset) == (2 * hg - 1) * (2 * wg - 1)
     for values in by_offset.values():
         torch.testing.assert_close(torch.stack(values), values[0].expand(len(values), -1), rtol=0, atol=1e-12)
     assert scores.std() > 0.1  # positions do change the scores
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scores_depend_only_on_the_2d_offset(variant, prefix):
+    assert_scores_depend_on_the_2d_offset_only(rope(variant, prefix=prefix, grid=(4, 5)))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

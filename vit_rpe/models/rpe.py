@@ -389,6 +389,8 @@ def build_rpe(
     kwargs = {**(init or {}), **kwargs, "distance": distance, "impl": impl}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if issubclass(cls, RotaryPositionEmbedding):
+        if head_dim is None:
+            raise ValueError(f"rpe={family} rotates queries and keys: build_rpe needs their head_dim")
         kwargs["head_dim"] = head_dim
     try:
         return cls(grid_size, num_heads, num_prefix_tokens=num_prefix_tokens, **kwargs)
