@@ -93,6 +93,18 @@ TRAIN_ROWS = [
     ("unknown-attention", ["model.net.attention=nope"], ConfigError, "unknown attention 'nope'"),
     ("ema-decay-outside", ["model.ema_decay=1.5"], ConfigError, "model.ema_decay=1.5 must be in (0, 1)"),
     (
+        "attention-not-importable",
+        ["model.net.attention=no_such_module:MyAttention"],
+        ConfigError,
+        "model.net.attention='no_such_module:MyAttention': cannot import it",
+    ),
+    (
+        "attention-not-a-kernel",
+        ["model.net.attention=torch.nn:Linear"],
+        ConfigError,
+        "is not a subclass of vit_rpe.models.attention.AttentionKernel",
+    ),
+    (
         "unknown-rpe-impl",
         ["rpe=general", "model.net.rpe_kwargs.impl=bogus"],
         ConfigError,
@@ -153,6 +165,18 @@ TRAIN_ROWS = [
         ["experiment=quickstart", "model=timm_vit", "rpe=exp"],
         ConfigError,
         "rpe=exp works with the from-scratch ViT only",
+    ),
+    (
+        "pretrained-with-rope",
+        ["experiment=quickstart", "model=timm_vit", "rpe=rope"],
+        ConfigError,
+        "rpe=rope works with the from-scratch ViT only",
+    ),
+    (
+        "rope-head-dim",
+        ["rpe=rope", "model.net.embed_dim=12", "model.net.num_heads=2"],
+        ConfigError,
+        "rpe=rope needs a head dimension divisible by 4",
     ),
     (
         "pretrained-other-size",

@@ -72,6 +72,32 @@ def test_mnist_from_real_idx_files(train_config, real_mnist_folder):
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
 
 
+@pytest.mark.parametrize(
+    "arm",
+    [
+        ("model=performer", "rpe=rope"),
+        ("model=linear", "rpe=rope"),
+        ("model=vit", "rpe=rope", "rpe.variant=mixed"),
+    ],
+    ids=["performer-rope", "linear-rope", "vit-rope-mixed"],
+)
+def test_rope_learns_real_mnist_with_every_kernel(arm, train_config, real_mnist_folder):
+    """2-D RoPE through the whole run, on the real IDX files, with each kernel: it learns."""
+    cfg = train_config(
+        *arm,
+        "data=mnist",
+        f"data.data_dir={real_mnist_folder}",
+        "data.val_size=1000",
+        "data.download=false",
+        *LEARNS,
+        "model.net.patch_size=14",  # a 2x2 grid, as test_mnist_from_real_idx_files
+        "model.net.patch_embed=linear",
+    )
+    metrics = train(cfg)
+    assert cfg.model.net.rpe == "rope"
+    assert metrics["test/acc"] > 0.3, metrics  # chance is 0.1 (measured 0.44, 0.47, 0.44)
+
+
 def test_learns_digits(train_config):
     """A short run of the quickstart recipe clears 90% test accuracy."""
     cfg = train_config(

@@ -140,6 +140,13 @@ def check_backbone_config(
     backbone = get_class(net_cfg["_target_"])
     params = inspect.signature(backbone).parameters
     model = model_choice(net_cfg["_target_"])
+    if rpe_family == "rope" and "rpe" not in params:
+        raise ConfigError(
+            f"rpe=rope works with the from-scratch ViT only: {model} keeps the position embedding it was "
+            "pretrained with, and rotating its queries and keys would change what its weights compute. For "
+            "a pretrained RoPE ViT take timm's (Heo et al.'s weights): model=timm_vit "
+            "model.net.name=vit_small_patch16_rope_mixed_224.naver_in1k rpe=none; or use model=vit"
+        )
     if rpe_family not in (None, "none") and "rpe" not in params:
         raise ConfigError(
             f"rpe={rpe_family} works with the from-scratch ViT only: {model} takes no relative position "
