@@ -237,8 +237,12 @@ class PerformerAttention(FeatureMapAttention):
     (a common factor, so it cancels even with a row-specific RPE denominator).
 
     The projection is a buffer, redrawn every ``redraw_interval`` training forward passes (0 =
-    never) and never in eval. Draws use a generator seeded by (seed, draw count), so every
-    process of a distributed run draws the same matrix.
+    never) during the first ``redraw_fraction`` of training, and never in eval. Draws use a
+    generator seeded by (seed, draw count), so every process of a distributed run draws the same
+    matrix. Why stop: a redraw changes every attention score at once, and late in a cosine schedule
+    the lr is too small to adapt; the CPU study lost ~4 points of validation accuracy to a redraw
+    at 90% of its steps (docs/studies.md). The task tells the layer its run's length
+    (``plan_redraws``); until then, or with ``redraw_fraction=1``, redraws go on throughout.
     """
 
     def __init__(
@@ -249,10 +253,18 @@ class PerformerAttention(FeatureMapAttention):
         redraw_interval: int = 1000,
         ortho: bool = True,
         eps: float = EPS,
+        redraw_fraction: float = 0.5,
     ):
         super().__init__(head_dim, attn_drop, eps)
+        if not 0 <= redraw_fraction <= 1:
+            raise ConfigError(
+                f"model.net.attention_kwargs.redraw_fraction={redraw_fraction}: the share of training that "
+                "redraws the features, in [0, 1] (0: never, 1: throughout)"
+            )
         self.nb_features = nb_features or default_nb_features(head_dim)
         self.redraw_interval = redraw_interval
+        self.redraw_fraction = redraw_fraction
+        self.redraw_until: int | None = None  # the last step that may redraw: plan_redraws
         self.ortho = ortho
         # Plain ints (saved through get_extra_state): checking the schedule never syncs a GPU.
         self.seed = int(torch.randint(0, 2**62, ()))
@@ -261,7 +273,14 @@ class PerformerAttention(FeatureMapAttention):
         self.register_buffer("projection", self.draw(), persistent=True)
 
     def extra_repr(self) -> str:
-        return f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}"
+        return (
+            f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}, "
+            f"redraw_fraction={self.redraw_fraction}"
+        )
+
+    def plan_redraws(self, total_steps: int) -> None:
+        """Redraw only in the first ``redraw_fraction`` of a run of ``total_steps`` training steps."""
+        self.redraw_until = int(total_steps * self.redraw_fraction)
 
     def get_extra_state(self) -> dict:
         return {"seed": self.seed, "draws": self.draws, "steps": self.steps}
@@ -294,7 +313,8 @@ class PerformerAttention(FeatureMapAttention):
         """One training pass on the redraw schedule. Eager under torch.compile: dynamo would make
         the plain-int counter a constant of the graph and recompile on every step."""
         self.steps += 1
-        if self.steps % self.redraw_interval == 0:
+        late = self.redraw_until is not None and self.steps > self.redraw_until
+        if self.steps % self.redraw_interval == 0 and not late:
             self.redraw()
 
     def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:

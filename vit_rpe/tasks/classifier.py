@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from vit_rpe.callbacks.ema import ModelEMA, check_ema_decay
 from vit_rpe.callbacks.per_class import PerClassResults, macro_scores
+from vit_rpe.models.attention import PerformerAttention
 from vit_rpe.models.backbone import PretrainedBackbone, missing_methods
 from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.tasks.optim import base_lr, build_optimizer
@@ -301,9 +302,12 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.make_optimizer, self.net, self.finetune.layer_decay)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        for module in self.net.modules():
+            if isinstance(module, PerformerAttention):  # its random features settle halfway
+                module.plan_redraws(total_steps)
         if self.make_scheduler is None:
             return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         scheduler = self.make_scheduler(
             optimizer, total_steps=total_steps, steps_per_epoch=max(total_steps // epochs, 1)
