@@ -83,6 +83,12 @@ TRAIN_ROWS = [
     ),
     ("no-gpu", ["trainer=gpu"], ConfigError, "This machine has 0 CUDA GPUs"),
     (
+        "train-fraction-outside",
+        ["data.train_fraction=1.5"],
+        ConfigError,
+        "data.train_fraction=1.5 is outside (0, 1]",
+    ),
+    (
         "mnist-missing-no-download",
         ["data=mnist", "data.download=false", "paths.data_dir={empty}"],
         DataError,
