@@ -185,6 +185,11 @@ class ImageDataModule(L.LightningDataModule):
             "std": self.transform.std.flatten().tolist(),
         }
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The shape [C, H, W] of one image as the model gets it."""
+        return (self.in_chans, *self.transform.image_size)
+
     def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
         """Resize and normalise as a backbone expects: a pretrained one states its checkpoint's
         input size and mean/std (``data_config``; a key absent or None keeps this datamodule's).
