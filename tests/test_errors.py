@@ -47,6 +47,9 @@ def bad_files(root: Path, run_dir: Path) -> dict[str, Path]:
         "state_dict"
     ]
     torch.save({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, plain)
+    no_data = root / "no_data.ckpt"  # as saved before checkpoints recorded their datamodule
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if not k.startswith("datamodule_")}, no_data)
     code = root / "code.ckpt"
     torch.save({"state_dict": {}, "object": Unpicklable()}, code)
     empty = root / "empty_dir"
@@ -54,7 +57,14 @@ def bad_files(root: Path, run_dir: Path) -> dict[str, Path]:
     no_ckpt = root / "no_ckpt"
     no_ckpt.mkdir(exist_ok=True)
     (no_ckpt / "config.yaml").write_text((run_dir / "config.yaml").read_text())
-    return {"corrupt": corrupt, "plain": plain, "code": code, "empty": empty, "no_ckpt": no_ckpt}
+    return {
+        "corrupt": corrupt,
+        "plain": plain,
+        "code": code,
+        "empty": empty,
+        "no_ckpt": no_ckpt,
+        "no_data": no_data,
+    }
 
 
 # id, overrides ({run}: the finished run, {name}: a file from bad_files), error type, message part
@@ -192,10 +202,16 @@ def test_optimized_metric_unknown():
 EVAL_ROWS = [
     ("eval-no-ckpt", [], ConfigError, "ckpt_path is required"),
     (
-        "eval-image-size-mismatch",
-        ["ckpt_path={run}/checkpoints/last.ckpt", "data.image_size=16"],
+        "eval-image-size-not-divisible",
+        ["ckpt_path={run}/checkpoints/last.ckpt", "data.image_size=9"],
+        ConfigError,
+        r"data\.image_size=9 is not divisible by the model's patch size 2",
+    ),
+    (
+        "eval-ckpt-without-data",
+        ["ckpt_path={no_data}"],
         CheckpointError,
-        "was trained with image_size=8 but the data has image_size=16",
+        "does not record its data",
     ),
     (
         "eval-plain-state-dict",
