@@ -136,3 +136,18 @@ def test_the_network_at_its_own_grid_is_unchanged_and_position_embeddings_follow
 def test_an_image_size_the_patch_does_not_divide_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"data.image_size=9 is not divisible by the model's patch size 2"):
         tiny_vit(8).grid_size_for(9)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "performer"])
+def test_a_network_trained_where_auto_is_quadratic_runs_kron_at_a_large_grid(attention, monkeypatch):
+    """exp (l1) at 4x4 runs the quadratic product; moved to 20x20, auto picks kron, with the numbers
+    of the dense reference there."""
+    monkeypatch.setenv("VIT_RPE_NATIVE", "0")
+    moved = tiny_vit(8, attention, "exp")
+    assert moved.blocks[0].attn.rpe.impl == "quadratic"
+    moved.set_grid_size((20, 20))
+    assert moved.blocks[0].attn.rpe.impl == "kron"
+    reference = tiny_vit(8, attention, "exp", impl="dense")
+    reference.set_grid_size((20, 20))
+    images = torch.randn(1, 1, 40, 40)
+    torch.testing.assert_close(moved(images), reference(images), rtol=1e-4, atol=1e-5)
