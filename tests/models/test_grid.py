@@ -151,3 +151,16 @@ def test_a_network_trained_where_auto_is_quadratic_runs_kron_at_a_large_grid(att
     reference.set_grid_size((20, 20))
     images = torch.randn(1, 1, 40, 40)
     torch.testing.assert_close(moved(images), reference(images), rtol=1e-4, atol=1e-5)
+
+
+def test_a_state_dict_file_saved_at_another_size_loads_resampled(tmp_path):
+    """The loading path (load_net_weights: plain state dicts and task checkpoints) resamples the
+    position embedding and general's tables: the same network as moving the saved one."""
+    from vit_rpe.utils.checkpoint import load_net_weights
+
+    saved = tiny_vit(8, "softmax", "general")
+    torch.save(saved.state_dict(), tmp_path / "net.pt")
+    loaded = load_net_weights(tiny_vit(12, "softmax", "general"), tmp_path / "net.pt")
+    saved.set_grid_size((6, 6))
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
