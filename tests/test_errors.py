@@ -85,6 +85,7 @@ TRAIN_ROWS = [
         "embed_dim 30 is not divisible by num_heads 4",
     ),
     ("unknown-attention", ["model.net.attention=nope"], ConfigError, "unknown attention 'nope'"),
+    ("ema-decay-outside", ["model.ema_decay=1.5"], ConfigError, "model.ema_decay=1.5 must be in (0, 1)"),
     (
         "unknown-rpe-impl",
         ["rpe=general", "model.net.rpe_kwargs.impl=bogus"],

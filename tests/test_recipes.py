@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from vit_rpe.data.synthetic import write_cifar10, write_tiny_imagenet
+from vit_rpe.data.synthetic import write_cifar10, write_cifar100, write_svhn, write_tiny_imagenet
 from vit_rpe.train import train
 
 TINY = ("model.net.embed_dim=32", "model.net.depth=2", "model.net.num_heads=2")
@@ -29,10 +29,22 @@ def tiny_run(train_config, *overrides: str) -> dict:
 
 
 # data option -> (writes its fixtures in the real format, the metric that shows it learned, and
-# the bar: 10 classes have chance 0.1 at top-1; 200 classes 0.025 at top-5)
+# the bar: 10 classes have chance 0.1 at top-1; 100 classes 0.05 and 200 classes 0.025 at top-5)
 RECIPE_RUNS = {
     "cifar10": (
         lambda root: write_cifar10(root, n_train=500, n_test=100),
+        "test/acc",
+        0.5,
+        "data.val_size=0.2",
+    ),
+    "cifar100": (
+        lambda root: write_cifar100(root, n_train=1000, n_test=200),
+        "test/acc_top5",
+        0.2,
+        "data.val_size=0.2",
+    ),
+    "svhn": (
+        lambda root: write_svhn(root, n_train=500, n_test=100),
         "test/acc",
         0.5,
         "data.val_size=0.2",

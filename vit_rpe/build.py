@@ -23,6 +23,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_rpe.data import ImageDataModule, fill_data_metadata
+from vit_rpe.models.backbone import PretrainedBackbone
 from vit_rpe.models.embed import GridSized
 from vit_rpe.tasks import ImageClassifier
 from vit_rpe.utils.checkpoint import load_weights, read_task_checkpoint
@@ -66,7 +67,8 @@ def build_run(
     if resuming is not None:
         model_cfg = with_recorded_source(model_cfg, resuming["hyper_parameters"]["net"])
     model: ImageClassifier = instantiate(model_cfg)
-    datamodule.apply_data_config(getattr(model.net, "data_config", None))
+    if isinstance(model.net, PretrainedBackbone):  # built for its weights' input, not for the data's
+        datamodule.apply_data_config(model.net.data_config())
     if ckpt is not None:
         resizable = isinstance(model.net, GridSized)
         check_matches_data(ckpt["hyper_parameters"], datamodule, ckpt_path, check_size=not resizable)
@@ -100,7 +102,7 @@ def data_from_checkpoint(cfg: DictConfig, ckpt: Mapping[str, Any], path: str) ->
 
 def with_recorded_source(model_cfg: DictConfig, saved_net: Mapping[str, Any]) -> DictConfig:
     """``model_cfg`` with the ``resolved_source`` a checkpoint recorded for its pretrained backbone
-    (see models/pretrained.py); unchanged for a backbone without one."""
+    (see models/pretrained/); unchanged for a backbone without one."""
     source = saved_net.get("resolved_source")
     if source is None or saved_net.get("_target_") != model_cfg.net.get("_target_"):
         return model_cfg  # check_fits names a checkpoint of another model
@@ -165,7 +167,7 @@ def check_backbone_config(
     """
     backbone = get_class(net_cfg["_target_"])
     params = inspect.signature(backbone).parameters
-    model = model_choice(backbone)
+    model = model_choice(net_cfg["_target_"])
     if rpe_family not in (None, "none") and "rpe" not in params:
         raise ConfigError(
             f"rpe={rpe_family} works with the from-scratch ViT only: {model} takes no relative position "
@@ -190,11 +192,10 @@ def check_backbone_config(
     )
 
 
-def model_choice(backbone: type) -> str:
+def model_choice(target: str) -> str:
     """``model=timm_vit (vit_rpe.models.pretrained.TimmBackbone)``: how the user named the model."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    name = target_of(backbone)
-    return f"model={choices['model']} ({name})" if choices.get("model") else name
+    return f"model={choices['model']} ({target})" if choices.get("model") else target
 
 
 def origins(key: str) -> list[str]:

@@ -142,12 +142,14 @@ def export_backbone(
 ) -> Path | None:
     """A pretrained backbone exports itself (``save_pretrained``, its library's format) with the
     best checkpoint's weights and the preprocessing training used; None for other backbones."""
+    from vit_rpe.models.backbone import PretrainedBackbone
+
     net = uncompiled(model.net)
-    if not hasattr(net, "save_pretrained"):
+    if not isinstance(net, PretrainedBackbone):
         return None
     if best_ckpt:
         load_weights(model, read_task_checkpoint(best_ckpt)["state_dict"], source=best_ckpt)
-    net.save_pretrained(folder, **datamodule.data_config)
+    net.save_pretrained(folder, datamodule.data_config)
     log.info("fine-tuned model exported to %s", folder)
     return folder
 

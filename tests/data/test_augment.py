@@ -77,11 +77,19 @@ def test_cutmix_pastes_boxes_with_the_area_as_weight(cifar_dir):
     assert targets[i, labels[i]].item() == pytest.approx(1 - pasted, abs=0.02)
 
 
-def test_mixup_needs_even_batches_and_drops_the_odd_tail(cifar_dir):
-    with pytest.raises(ConfigError, match="even"):
-        datamodule(cifar_dir, mixup=0.2, batch_size=15)
-    dm = datamodule(cifar_dir, mixup=0.2, batch_size=32)  # 80 training images: 2 full batches
-    assert [len(b[0]) for b in dm.train_dataloader()] == [32, 32]
+def test_mixup_takes_odd_batches_and_keeps_the_tail(cifar_dir):
+    dm = datamodule(cifar_dir, mixup=1.0, mix_prob=1.0, batch_size=15)  # 80 training images: 15 x 5 + 5
+    assert [len(images) for images, _ in dm.train_dataloader()] == [15] * 5 + [5]
+    images, labels = next(iter(dm.train_dataloader()))
+    x = images.float() / 255
+    out, targets = dm.on_after_batch_transfer((images, labels), 0)
+    assert targets.shape == (15, 10) and torch.allclose(targets.sum(1), torch.ones(15))
+    # the last image of an odd batch keeps its pixels and its one-hot label
+    assert torch.equal(out[-1], x[-1]) and torch.equal(targets[-1], F.one_hot(labels[-1], 10).float())
+    # the first 14 are mixed as timm mixes an even batch: image i with image 13 - i
+    i = next(i for i in range(14) if labels[i] != labels[13 - i])
+    lam = targets[i, labels[i]].item()
+    assert torch.allclose(out[i], lam * x[i] + (1 - lam) * x[13 - i], atol=1e-5)
 
 
 def test_randaugment_changes_training_images_only(cifar_dir):
@@ -105,3 +113,16 @@ def test_on_device_gathers_batches_on_the_gpu(cifar_dir):
     assert images.is_cuda and images.dtype == torch.uint8 and labels.is_cuda
     out, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert out.is_cuda and out.dtype == torch.float32
+
+
+def test_randaugment_at_the_top_magnitude_posterizes_instead_of_crashing():
+    """timm's increasing posterize keeps 0 bits at magnitude 10, which Pillow refuses; the default
+    string (rand-m9-mstd0.5-inc1) samples 10 for ~2% of the operations, so a CIFAR epoch meets it."""
+    from vit_rpe.data.augment import RandAugmentImages
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    dataset = [(image, 0) for image in images]
+    only_posterize = RandAugmentImages(dataset, "rand-n1-m10-p1.0-inc1")  # m10: the top magnitude, no spread
+    only_posterize.augment.ops = [op for op in only_posterize.augment.ops if op.name == "PosterizeIncreasing"]
+    out = torch.stack([only_posterize[i][0] for i in range(len(dataset))])
+    assert torch.equal(out, images & 0b1000_0000)  # one bit kept: the strongest posterize Pillow allows

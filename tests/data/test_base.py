@@ -11,17 +11,17 @@ from vit_rpe.data import DigitsDataModule
 
 def test_apply_data_config_resizes_and_normalises_as_the_backbone_expects():
     data = DigitsDataModule(batch_size=8)
-    data.apply_data_config({"image_size": 16, "mean": [0.4], "std": [0.25]})
+    data.apply_data_config({"input_size": (1, 16, 16), "mean": (0.4,), "std": (0.25,)})
     assert data.transform.image_size == (16, 16) and data.image_size == 16
     images = torch.full((2, 1, 8, 8), 255, dtype=torch.uint8)
     torch.testing.assert_close(data.transform(images), torch.full((2, 1, 16, 16), (1 - 0.4) / 0.25))
-    assert data.data_config == {"image_size": (16, 16), "mean": [pytest.approx(0.4)], "std": [0.25]}
+    assert data.data_config == {"input_size": (1, 16, 16), "mean": (pytest.approx(0.4),), "std": (0.25,)}
 
 
 def test_a_backbone_without_needs_keeps_the_datamodules_own():
     data = DigitsDataModule(batch_size=8)
     before = data.data_config
     data.apply_data_config(None)
-    data.apply_data_config({"image_size": None, "mean": None})  # None keeps the datamodule's
+    data.apply_data_config({"input_size": None, "mean": None})  # None keeps the datamodule's
     assert data.data_config == before and data.image_size == 8
-    assert before["mean"] == [pytest.approx(DigitsDataModule.default_mean[0])]
+    assert before["mean"] == (pytest.approx(DigitsDataModule.default_mean[0]),)

@@ -131,7 +131,7 @@ def make_archive(source_dir, members=None) -> bytes:
 
 def serve(monkeypatch, payload: bytes):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
-    monkeypatch.setattr(cifar_module, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(CIFAR10DataModule, "md5", hashlib.md5(payload).hexdigest())
 
 
 def test_download_verifies_and_extracts(cifar_dir, tmp_path, monkeypatch):

@@ -14,12 +14,14 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
+from vit_rpe.models.backbone import layer_ids
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
 from vit_rpe.utils.errors import CheckpointError, ConfigError, UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_TIMM = dict(depth=2, embed_dim=32, num_heads=2)  # vit_tiny_patch16_224's layout, smaller
+GREY_8X8 = dict(pretrained=False, img_size=8, in_chans=1, patch_size=2, model_kwargs=TINY_TIMM)
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 
@@ -73,9 +75,17 @@ def test_hf_vit_loads_the_checkpoint_with_a_new_head_and_label_maps(hf_folder):
 
 def test_hf_vit_data_config_comes_from_the_image_processor(hf_folder):
     net = HFViT(str(hf_folder), num_classes=3)
-    assert net.data_config == {"image_size": 16, "mean": pytest.approx(MEAN), "std": pytest.approx(STD)}
+    assert net.data_config() == {
+        "input_size": (3, 16, 16),
+        "mean": pytest.approx(tuple(MEAN)),
+        "std": pytest.approx(tuple(STD)),
+    }
     grey = HFViT(str(hf_folder), num_classes=3, in_chans=1, image_size=8)
-    assert grey.data_config == {"image_size": 8, "mean": [pytest.approx(0.4)], "std": [pytest.approx(0.25)]}
+    assert grey.data_config() == {
+        "input_size": (1, 8, 8),
+        "mean": (pytest.approx(0.4),),
+        "std": (pytest.approx(0.25),),
+    }
     # grey images are repeated to RGB; 8x8 images interpolate the 4x4 grid of position embeddings to 2x2
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(grey(x), grey(x.expand(-1, 3, -1, -1)))
@@ -83,8 +93,8 @@ def test_hf_vit_data_config_comes_from_the_image_processor(hf_folder):
 
 def test_hf_vit_layer_ids_number_embeddings_blocks_and_head(hf_folder):
     net = HFViT(str(hf_folder), num_classes=3)
-    assert net.num_layers == 4
-    ids = {name: net.layer_id(name) for name, _ in net.named_parameters()}
+    ids = layer_ids(net)
+    assert set(ids) == {name for name, _ in net.named_parameters()}
     assert {ids[n] for n in ids if ".embeddings." in n} == {0}
     assert {ids[n] for n in ids if n.startswith("model.classifier.")} == {3}
     assert {ids[n] for n in ids if n.startswith("model.vit.layernorm.")} == {2}  # with the last block
@@ -94,7 +104,7 @@ def test_hf_vit_layer_ids_number_embeddings_blocks_and_head(hf_folder):
 
 def test_hf_vit_save_pretrained_reloads_to_identical_logits(hf_folder, tmp_path):
     net = HFViT(str(hf_folder), num_classes=2, class_names=["no", "yes"]).eval()
-    net.save_pretrained(tmp_path / "out", image_size=16, mean=[0.1], std=[0.2])
+    net.save_pretrained(tmp_path / "out", {"input_size": (1, 16, 16), "mean": (0.1,), "std": (0.2,)})
     reloaded = ViTForImageClassification.from_pretrained(tmp_path / "out").eval()
     x = torch.randn(3, 3, 16, 16)
     torch.testing.assert_close(reloaded(pixel_values=x).logits, net(x), rtol=0, atol=0)
@@ -126,10 +136,10 @@ def test_timm_from_scratch_keeps_the_datamodule_normalisation():
         model_kwargs=TINY_TIMM,
     )
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    assert net.data_config == {"image_size": 28}  # no mean/std: the data's own
+    assert net.data_config() == {"input_size": (1, 28, 28)}  # no mean/std: the data's own
     assert TimmBackbone(
         "vit_tiny_patch16_224", num_classes=10, pretrained=False, model_kwargs=TINY_TIMM
-    ).data_config == {"image_size": 224}
+    ).data_config() == {"input_size": (3, 224, 224)}
 
 
 def test_timm_local_weights_load_unchanged_at_the_same_size(timm_file):
@@ -139,7 +149,7 @@ def test_timm_local_weights_load_unchanged_at_the_same_size(timm_file):
     )
     for name, value in source.items():
         torch.testing.assert_close(net.model.state_dict()[name], value, rtol=0, atol=0)
-    assert net.pretrained and net.data_config["mean"] == pytest.approx([0.5] * 3)  # the checkpoint's
+    assert net.pretrained and net.data_config()["mean"] == pytest.approx((0.5,) * 3)  # the checkpoint's
 
 
 def test_timm_local_weights_adapt_to_28x28_grey_images_and_a_new_head(timm_file, tmp_path):
@@ -164,38 +174,38 @@ def test_timm_local_weights_adapt_to_28x28_grey_images_and_a_new_head(timm_file,
     torch.testing.assert_close(state["patch_embed.proj.weight"], expected_kernel, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state["blocks.1.attn.qkv.weight"], source["blocks.1.attn.qkv.weight"])
     assert state["head.weight"].shape == (10, 32)
-    assert net.data_config == {"image_size": 28, "mean": [pytest.approx(0.5)], "std": [pytest.approx(0.5)]}
+    assert net.data_config() == {
+        "input_size": (1, 28, 28),
+        "mean": (pytest.approx(0.5),),
+        "std": (pytest.approx(0.5),),
+    }
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_timm_export_reloads_to_identical_logits(tmp_path):
-    net = TimmBackbone(
-        "vit_tiny_patch16_224",
-        num_classes=3,
-        pretrained=False,
-        img_size=8,
-        in_chans=1,
-        patch_size=2,
-        model_kwargs=TINY_TIMM,
-        class_names=["a", "b", "c"],
-    ).eval()
-    net.save_pretrained(tmp_path / "out", mean=[0.2], std=[0.3])
+    net = TimmBackbone("vit_tiny_patch16_224", num_classes=3, class_names=["a", "b", "c"], **GREY_8X8).eval()
+    net.save_pretrained(tmp_path / "out", {"input_size": (1, 8, 8), "mean": (0.2,), "std": (0.3,)})
     x = torch.randn(2, 1, 8, 8)
     plain = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
     torch.testing.assert_close(plain(x), net(x), rtol=0, atol=0)
     adapter = TimmBackbone(f"local-dir:{tmp_path / 'out'}", num_classes=3, in_chans=1).eval()
     torch.testing.assert_close(adapter(x), net(x), rtol=0, atol=0)
     # the normalisation training used travels with the weights
-    assert adapter.data_config == {"image_size": 8, "mean": [pytest.approx(0.2)], "std": [pytest.approx(0.3)]}
+    assert adapter.data_config() == {
+        "input_size": (1, 8, 8),
+        "mean": (pytest.approx(0.2),),
+        "std": (pytest.approx(0.3),),
+    }
 
 
 def test_timm_layer_ids_follow_timms_grouping():
     net = TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=False, model_kwargs=TINY_TIMM)
-    assert net.num_layers == 4  # stem, two blocks (the final norm with the last), head
-    assert net.layer_id("model.pos_embed") == 0
-    assert net.layer_id("model.blocks.0.attn.qkv.weight") == 1
-    assert net.layer_id("model.norm.weight") == 2
-    assert net.layer_id("model.head.weight") == 3
+    ids = layer_ids(net)
+    assert max(ids.values()) == 3  # stem, two blocks (the final norm with the last), head
+    assert ids["model.pos_embed"] == 0
+    assert ids["model.blocks.0.attn.qkv.weight"] == 1
+    assert ids["model.norm.weight"] == 2
+    assert ids["model.head.weight"] == 3
     assert "model.pos_embed" in net.no_weight_decay()
 
 
@@ -248,3 +258,57 @@ def test_timm_pretrained_weights_of_another_size_are_refused_before_any_download
     # the pretrained size itself is no conflict: this one gets as far as the (offline) download
     with pytest.raises(UserError, match="HF_HUB_OFFLINE=1 is set"):
         TimmBackbone("vit_small_patch16_224", num_classes=3, pretrained=True, embed_dim=384, num_heads=6)
+
+
+# --- no network: one message at once, no retries ------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch, caplog):
+    """The hub at a port nothing listens on, an empty cache, and offline mode off: a machine
+    without network as the libraries see it. Yields the log, where their retries would show."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("http_proxy", "https_proxy", "all_proxy"):  # no way round the dead endpoint
+        monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.upper(), raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    caplog.set_level("DEBUG")
+    return caplog
+
+
+@pytest.mark.parametrize("kind", ["timm", "hf"])
+def test_an_unreachable_hub_fails_at_once_without_retries(kind, unreachable_hub):
+    with pytest.raises(UserError) as raised:
+        if kind == "timm":
+            TimmBackbone("vit_tiny_patch16_224", num_classes=3, pretrained=True, model_kwargs=TINY_TIMM)
+        else:
+            HFViT("google/vit-base-patch16-224-in21k", num_classes=3)
+    message = str(raised.value)
+    assert "the HuggingFace hub (http://127.0.0.1:9) cannot be reached" in message
+    repo = (
+        "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+        if kind == "timm"
+        else "google/vit-base-patch16-224-in21k"
+    )
+    assert f"hf download {repo}" in message and "huggingface-cli" not in message
+    assert ("model.net.checkpoint_path" if kind == "timm" else "model.net.name_or_path") in message
+    tries = [
+        r for r in unreachable_hub.records if r.name.startswith(("huggingface_hub", "transformers", "timm"))
+    ]
+    assert tries == []  # no download was attempted, so nothing was retried
+
+
+def test_the_hub_probe_goes_where_requests_go(monkeypatch):
+    """Behind a proxy the hub itself may be unreachable while downloads work: probe the proxy."""
+    from vit_rpe.models.pretrained.hub import first_hop
+
+    assert first_hop("https://huggingface.co") == ("huggingface.co", 443)
+    assert first_hop("http://127.0.0.1:9") == ("127.0.0.1", 9)
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("no_proxy", "localhost")
+    assert first_hop("https://huggingface.co") == ("proxy.example", 3128)
+    assert first_hop("https://localhost:8080") == ("localhost", 8080)

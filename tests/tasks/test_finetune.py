@@ -76,7 +76,7 @@ def fit_tiny(hf_folder, tmp_path, finetune: dict, epochs: int = 2):
         net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-2}, finetune=finetune
     )
     data = DigitsDataModule(batch_size=32)
-    data.apply_data_config(net.data_config)
+    data.apply_data_config(net.data_config())
     probe = GradientProbe()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     trainer = quiet_trainer(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import quiet_trainer
@@ -12,7 +15,7 @@ from vit_rpe.models import VisionTransformer
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
 from vit_rpe.models.rpe import RPES
 from vit_rpe.tasks import ImageClassifier
-from vit_rpe.tasks.optim import param_groups
+from vit_rpe.tasks.optim import build_optimizer, param_groups
 
 ADAMW = {"_target_": "torch.optim.AdamW", "lr": 0.1, "weight_decay": 0.05}
 
@@ -145,3 +148,60 @@ def test_layer_decay_for_timm_and_the_scratch_vit():
     assert lrs["blocks.2.norm1.weight"] == 0.5 and lrs["blocks.0.norm1.weight"] == 0.125
     assert lrs["blocks.2.attn.rpe.raw_rate"] == 0.5 and lrs["blocks.0.attn.rpe.raw_rate"] == 0.125
     assert lrs["pos_embed"] == 0.0625
+
+
+# --- layer-wise decay of the shipped model configs: the lrs of the numbering each backbone had -----
+
+TINY_SCRATCH = ("model.net.embed_dim=16", "model.net.depth=3", "model.net.num_heads=2")
+TINY_TIMM_CFG = (
+    "model.net.name=vit_tiny_patch16_224",
+    "model.net.pretrained=false",
+    "model.net.img_size=8",
+    "model.net.patch_size=2",
+    "model.net.embed_dim=16",
+    "model.net.depth=3",
+    "model.net.num_heads=2",
+)
+SHIPPED = {
+    "vit": ("model=vit", *TINY_SCRATCH),
+    "vit_general_cls": ("model=vit", "rpe=general", "model.net.pool=cls", *TINY_SCRATCH),
+    "vit_conv_stem_sincos": (
+        "model=vit",
+        "model.net.patch_embed=conv_stem",
+        "model.net.pos_embed=sincos2d",
+        *TINY_SCRATCH,
+    ),
+    "performer_exp": ("model=performer", "rpe=exp", *TINY_SCRATCH),
+    "linear_poly": ("model=linear", "rpe=poly", *TINY_SCRATCH),
+    "timm_vit": ("model=timm_vit", *TINY_TIMM_CFG),
+    "hf_vit": ("model=hf_vit",),
+}
+
+
+def reference_layer(name: str, depth: int) -> int:
+    """The numbering before the backbone interface, written out: timm's ViT layout (embeddings 0,
+    block i at i + 1, the final norm with the last block, the head on top), HF's names included."""
+    name = name.removeprefix("model.").removeprefix("vit.")
+    if match := re.match(r"(?:blocks|(?:encoder\.)?layers?)\.(\d+)\.", name):
+        return int(match.group(1)) + 1
+    if name.startswith(("head.", "classifier.", "fc_norm.")):
+        return depth + 1
+    return depth if name.startswith(("norm.", "layernorm.")) else 0
+
+
+@pytest.mark.parametrize("config", sorted(SHIPPED))
+def test_layer_decay_of_the_shipped_models_keeps_each_layers_lr(config, train_config, tmp_path):
+    overrides = SHIPPED[config]
+    if config == "hf_vit":
+        folder = save_tiny_hf_vit(tmp_path / "hf", num_labels=10, image_size=8)
+        overrides = (*overrides, f"model.net.name_or_path={folder}")
+    cfg = train_config("data=digits", *overrides, "model.finetune.layer_decay=0.75", fast=False)
+    task = instantiate(cfg.model)
+    optimizer = build_optimizer(task.make_optimizer, task.net, task.finetune.layer_decay)
+    base = cfg.model.optimizer.lr
+    names = {id(p): n for n, p in task.net.named_parameters()}
+    lrs = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    depth = 2 if config == "hf_vit" else 3
+    expected = {name: base * 0.75 ** (depth + 1 - reference_layer(name, depth)) for name in names.values()}
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert len(set(lrs.values())) == depth + 2  # every layer has its own lr

@@ -2,6 +2,7 @@
 
 - ``safety``: a run is safe to stop and to resume (``NonFiniteLossGuard``, ``LastCheckpoint``,
   ``StepSeed``): the default callbacks (conf/callbacks/default.yaml).
+- ``ema``: an average of the weights, scored as ``val/acc_ema`` (``ModelEMA``, from ``model.ema_decay``).
 - ``freeze``: a backbone trained head-first (``FreezeBackbone``, from ``model.finetune``).
 - ``predictions``: W&B's confusion matrix and sample predictions at test end
   (``WandbTestPredictions``, with ``logger=wandb``).
@@ -11,6 +12,7 @@
 Configs name them by their short path (``vit_rpe.callbacks.LastCheckpoint``).
 """
 
+from vit_rpe.callbacks.ema import ModelEMA
 from vit_rpe.callbacks.freeze import FreezeBackbone
 from vit_rpe.callbacks.predictions import WandbTestPredictions
 from vit_rpe.callbacks.safety import LastCheckpoint, NonFiniteLossGuard, StepSeed
@@ -20,6 +22,7 @@ __all__ = [
     "EpochClock",
     "FreezeBackbone",
     "LastCheckpoint",
+    "ModelEMA",
     "NonFiniteLossGuard",
     "StepSeed",
     "WandbTestPredictions",

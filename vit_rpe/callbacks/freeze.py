@@ -1,8 +1,8 @@
 """Freezing a backbone: every parameter but its head's, for a whole run or its first epochs.
 
-A backbone's head is ``get_classifier()`` (timm's name, which the pretrained adapters share) or
-``head``. A linear probe freezes the backbone when the task is built (``FineTuning.freeze``);
-``FreezeBackbone`` freezes it for the first epochs of a run.
+A backbone's head is its ``get_classifier()`` (models/backbone.py). A linear probe freezes the
+backbone when the task is built (``FineTuning.freeze``); ``FreezeBackbone`` freezes it for the
+first epochs of a run.
 """
 
 from __future__ import annotations
@@ -13,24 +13,18 @@ import lightning as L
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vit_rpe.utils.errors import ConfigError
+from vit_rpe.models.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
 
-def head_of(net: nn.Module) -> nn.Module:
-    head = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "head", None)
-    if not isinstance(head, nn.Module):
-        raise ConfigError(f"{type(net).__name__} has no head (get_classifier() or .head) to train on its own")
-    return head
-
-
-def backbone_parameters(net: nn.Module) -> list[nn.Parameter]:
-    head = {id(p) for p in head_of(net).parameters()}
+def backbone_parameters(net: Backbone) -> list[nn.Parameter]:
+    """Every parameter but the head's."""
+    head = {id(p) for p in net.get_classifier().parameters()}
     return [param for param in net.parameters() if id(param) not in head]
 
 
-def set_backbone_trainable(net: nn.Module, trainable: bool) -> None:
+def set_backbone_trainable(net: Backbone, trainable: bool) -> None:
     """requires_grad on every parameter but the head's: a frozen backbone gets no gradient."""
     for param in backbone_parameters(net):
         param.requires_grad_(trainable)

@@ -18,7 +18,7 @@ from vit_rpe.utils.errors import ConfigError
 
 
 def build_mixup(mixup: float, cutmix: float, prob: float, num_classes: int):
-    """timm's Mixup for whole batches, or None when both alphas are 0.
+    """timm's Mixup for whole batches (any size), or None when both alphas are 0.
 
     Its label smoothing is off: the classifier applies ``model.label_smoothing`` itself.
     """
@@ -28,16 +28,42 @@ def build_mixup(mixup: float, cutmix: float, prob: float, num_classes: int):
         )
     if mixup == 0 and cutmix == 0:
         return None
-    from timm.data import Mixup
-
-    return Mixup(
+    return BatchMixup(
         mixup_alpha=mixup,
         cutmix_alpha=cutmix,
         prob=prob,
-        mode="batch",
         label_smoothing=0.0,
         num_classes=num_classes,
     )
+
+
+class BatchMixup:
+    """timm's Mixup (batch mode) for batches of any size.
+
+    timm pairs image i with image B-1-i and asserts an even batch. An odd batch (an odd
+    ``data.batch_size``, or the last partial batch) is mixed without its last image, which keeps its
+    own pixels and a one-hot target: the mixed images are the first B-1, modified in place.
+    """
+
+    def __init__(self, **kwargs):
+        from timm.data import Mixup
+
+        self.mixup = Mixup(mode="batch", **kwargs)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(images) % 2 == 0:
+            return self.mixup(images, labels)
+        _, targets = self.mixup(images[:-1], labels[:-1])  # a view: mixes those images in place
+        last = torch.nn.functional.one_hot(labels[-1:], self.mixup.num_classes).to(targets.dtype)
+        return images, torch.cat([targets, last])
+
+
+# timm's PosterizeIncreasing (the ``inc1`` ops) keeps 4 - int(0.4 * magnitude) bits: none at the
+# top magnitude, 10, which Pillow >= 10 refuses ("bits must be between or equal to 1 and 8"). With
+# rand-m9-mstd0.5 about 2% of the sampled magnitudes reach 10, so a CIFAR epoch meets it hundreds of
+# times. Capping the magnitude just below 10 keeps one bit there and changes no other operation
+# measurably; a user's own ``mmax`` in the string still wins.
+MAGNITUDE_CAP = 9.99
 
 
 class RandAugmentImages(Dataset):
@@ -49,7 +75,10 @@ class RandAugmentImages(Dataset):
         self.dataset = dataset
         self.config = config
         try:
-            self.augment = rand_augment_transform(config, {"img_mean": (124, 116, 104)})
+            hparams = {"img_mean": (124, 116, 104)}
+            if "-mmax" not in config:
+                hparams["magnitude_max"] = MAGNITUDE_CAP
+            self.augment = rand_augment_transform(config, hparams)
         except (AssertionError, ValueError, KeyError, IndexError) as err:
             raise ConfigError(
                 f"data.randaugment={config!r} is not a timm RandAugment string (e.g. rand-m9-mstd0.5): {err}"

@@ -144,10 +144,6 @@ class ImageDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.randaugment = randaugment
         self.mixup = build_mixup(mixup, cutmix, mix_prob, self.num_classes)
-        if self.mixup is not None and batch_size % 2:
-            raise ConfigError(
-                f"data.mixup/cutmix mix pairs of images: data.batch_size={batch_size} must be even"
-            )
 
     def record_hyperparameters(self) -> None:
         """The constructor's arguments (a subclass's too) and ``_target_``, as plain values: Lightning
@@ -178,11 +174,11 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def data_config(self) -> dict[str, Any]:
-        """What the device transform produces: the input size and normalisation a model sees."""
+        """What the device transform produces, in timm's words: ``input_size`` (C, H, W), mean, std."""
         return {
-            "image_size": self.transform.image_size,
-            "mean": self.transform.mean.flatten().tolist(),
-            "std": self.transform.std.flatten().tolist(),
+            "input_size": (self.in_chans, *self.transform.image_size),
+            "mean": tuple(self.transform.mean.flatten().tolist()),
+            "std": tuple(self.transform.std.flatten().tolist()),
         }
 
     @property
@@ -192,14 +188,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
         """Resize and normalise as a backbone expects: a pretrained one states its checkpoint's
-        input size and mean/std (``data_config``; a key absent or None keeps this datamodule's).
+        ``input_size`` (C, H, W) and ``mean``/``std`` (its ``data_config()``, models/backbone.py;
+        a key absent or None keeps this datamodule's).
 
         The model hands its needs over as plain values, so the datamodule never knows the model.
         """
         config = config or {}
-        size = config.get("image_size")
-        if size is not None:
-            size = (size, size) if isinstance(size, int) else tuple(size)
+        if config.get("input_size") is not None:
+            size = tuple(int(s) for s in config["input_size"][-2:])
             if self.transform.image_size != size:
                 log.info("images resized on the device to %s, the backbone's input size", size)
             self.transform.image_size = size
@@ -275,8 +271,6 @@ class ImageDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
             sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
-            # timm's Mixup mixes pairs: every training batch must have an even size
-            drop_last=name == "train" and self.mixup is not None,
             num_workers=workers,
             pin_memory=pin and not on_device,
             collate_fn=collate_gathered,

@@ -80,6 +80,52 @@ def write_cifar10(root: Path, n_train: int = 100, n_test: int = 20, seed: int = 
     return folder
 
 
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    """``root/cifar-100-python`` with train, test and meta: fine labels 0..99, coarse label = fine // 5."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = np.arange(n) % 100
+        rng.shuffle(fine)
+        images = class_images(fine, 32, rng).transpose(0, 3, 1, 2).reshape(n, 3072)
+        batch = {
+            b"filenames": [],
+            b"batch_label": name.encode(),
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": images,
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    meta = {
+        b"fine_label_names": [f"fine{i:02d}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse{i:02d}".encode() for i in range(20)],
+    }
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(meta, f)
+    return folder
+
+
+def write_svhn(folder: Path, n_train: int = 100, n_test: int = 40, n_extra: int = 0, seed: int = 0) -> Path:
+    """``folder`` with train_32x32.mat and test_32x32.mat (and extra_32x32.mat when ``n_extra``):
+    MATLAB v5 files with X uint8 [32, 32, 3, N] and y [N, 1] in 1..10 (10 is the digit 0)."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test), ("extra", n_extra)):
+        if n == 0:
+            continue
+        digits = np.arange(n) % 10
+        rng.shuffle(digits)
+        images = class_images(digits, 32, rng).transpose(1, 2, 3, 0)  # [32, 32, 3, N]
+        labels = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]
+        savemat(folder / f"{name}_32x32.mat", {"X": images, "y": labels})
+    return folder
+
+
 def tiny_wnids(n: int = 200) -> list[str]:
     """Made-up wnids, written to wnids.txt in a shuffled order (as the real file is unsorted)."""
     return [f"n{1000000 + 7919 * i:08d}" for i in range(n)]

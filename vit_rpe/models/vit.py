@@ -112,6 +112,7 @@ class VisionTransformer(nn.Module):
                 "change model.net.embed_dim or model.net.num_heads"
             )
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.pool = pool
         self.num_prefix_tokens = 1 if pool == "cls" else 0
@@ -227,6 +228,26 @@ class VisionTransformer(nn.Module):
             state_dict[key] = resample_pos_embed(saved, self.grid_size, old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    # --- the backbone interface (models/backbone.py) ---------------------------------------------
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's ViT grouping: the stem, each block (the final norm with the last), the head."""
+        return {
+            "stem": r"^(?:cls_token|pos_embed|patch_embed\.)",
+            "blocks": [(r"^blocks" if coarse else r"^blocks\.(\d+)\.", None), (r"^norm\.", (99999,))],
+        }
+
+    def data_config(self) -> dict[str, Any]:
+        """The input size the model is built for; its normalisation is the data's (no mean/std)."""
+        return {"input_size": (self.in_chans, *self.patch_embed.img_size)}
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay (timm's convention), besides norms and biases:
         the position encodings, absolute and relative. Every parameter of every RPE mask, whatever
@@ -261,9 +282,11 @@ class VisionTransformer(nn.Module):
             x = block(x, cls_only=cls_only and i == last)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens [B, L, D] -> pooled [B, D] (``pre_logits``) -> logits [B, num_classes]."""
         x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
-        return self.head(self.head_drop(x))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, cls_only=self.pool == "cls"))

@@ -15,9 +15,12 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit_rpe.callbacks.ema import ModelEMA, check_ema_decay
+from vit_rpe.models.backbone import PretrainedBackbone, missing_methods
 from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.tasks.optim import base_lr, build_optimizer
 from vit_rpe.utils.checkpoint import plain_names, renamed_for
+from vit_rpe.utils.errors import ConfigError
 
 
 def as_factory(spec: Callable | Mapping | None) -> Callable | None:
@@ -25,6 +28,17 @@ def as_factory(spec: Callable | Mapping | None) -> Callable | None:
     if spec is None or callable(spec):
         return spec
     return instantiate(spec, _partial_=True)
+
+
+def check_backbone(net: nn.Module) -> None:
+    """The network implements the backbone interface, or the one error that names what it lacks."""
+    missing = missing_methods(net)
+    if missing:
+        raise ConfigError(
+            f"{type(net).__module__}.{type(net).__qualname__} is not a backbone: it lacks "
+            f"{', '.join(f'{name}()' for name in missing)}. model.net must implement the backbone "
+            "interface (vit_rpe/models/backbone.py, README: The backbone interface)"
+        )
 
 
 def as_plain(spec: Any) -> Any:
@@ -37,7 +51,8 @@ class ImageClassifier(L.LightningModule):
     ``net`` is an nn.Module or a Hydra config of one. Given as a config, the task builds the
     backbone itself and stores the config in its hyperparameters, so
     ``ImageClassifier.load_from_checkpoint(path)`` needs nothing else (not even the source of a
-    pretrained backbone: see ``resolved_source`` in models/pretrained.py). ``optimizer`` and
+    pretrained backbone: see ``resolved_source`` in models/pretrained/). ``net`` implements the
+    backbone interface (models/backbone.py), which is all the task calls. ``optimizer`` and
     ``scheduler`` are callables or configs of them: ``optimizer(param_groups)``, whose own lr
     and weight decay hold wherever the groups make no exception (tasks/optim.py), and
     ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
@@ -53,6 +68,7 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         finetune: Mapping | None = None,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         plain = {k: as_plain(v) for k, v in dict(net=net, optimizer=optimizer, scheduler=scheduler).items()}
@@ -65,11 +81,13 @@ class ImageClassifier(L.LightningModule):
                 "label_smoothing": label_smoothing,
                 "compile": compile,
                 "finetune": as_plain(finetune),
+                "ema_decay": ema_decay,
             }
         )
         self.finetune = FineTuning.from_config(as_plain(finetune))
         self.net = net if isinstance(net, nn.Module) else instantiate(plain["net"], _convert_="all")
-        if "net" in storable and hasattr(self.net, "resolved_source"):
+        check_backbone(self.net)
+        if "net" in storable and isinstance(self.net, PretrainedBackbone):
             # A pretrained backbone's architecture and preprocessing, as its source resolved them:
             # a checkpoint rebuilds it from these alone, with no download, and loads its own weights.
             self.hparams["net"] = {**storable["net"], "resolved_source": self.net.resolved_source()}
@@ -79,6 +97,7 @@ class ImageClassifier(L.LightningModule):
         self.make_optimizer = as_factory(plain["optimizer"])
         self.make_scheduler = as_factory(plain["scheduler"])
         self.compile_net = compile
+        self.ema_decay = None if ema_decay is None else check_ema_decay(ema_decay)
 
         top_ks = (1, 5) if num_classes > 10 else (1,)
         for stage in ("train", "val", "test"):
@@ -253,7 +272,10 @@ class ImageClassifier(L.LightningModule):
         return self(images).softmax(dim=-1)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return self.finetune.callbacks()  # a backbone frozen for some or all epochs
+        callbacks = self.finetune.callbacks()  # a backbone frozen for some or all epochs
+        if self.ema_decay is not None:
+            callbacks.append(ModelEMA(self.ema_decay))  # val/acc_ema; checkpoints hold the average
+        return callbacks
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.make_optimizer, self.net, self.finetune.layer_decay)

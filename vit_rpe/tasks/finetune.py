@@ -1,8 +1,8 @@
 """Fine-tuning: linear probing, a backbone frozen for the first epochs, layer-wise lr decay.
 
-They work on any backbone that has a head (``get_classifier()`` or ``head``); the freezing is
-in callbacks/freeze.py, and the param groups of layer-wise decay are built in tasks/optim.py,
-like those of every run.
+They work on any backbone (models/backbone.py: its head is ``get_classifier()``, its layers
+``group_matcher()``); the freezing is in callbacks/freeze.py, and the param groups of layer-wise
+decay are built in tasks/optim.py, like those of every run.
 """
 
 from __future__ import annotations

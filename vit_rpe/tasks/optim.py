@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable
 
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from vit_rpe.models.backbone import layer_ids
 from vit_rpe.utils.checkpoint import uncompiled
-from vit_rpe.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "dist_token", "reg_token", "position_embeddings")
-VIT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
 def build_optimizer(
@@ -46,20 +44,22 @@ def param_groups(net: nn.Module, layer_decay: float | None = None) -> list[dict]
     embeddings, tokens and whatever the backbone's ``no_weight_decay()`` names (the from-scratch
     ViT names its RPE masks there); shrinking them towards zero only hurts (as in timm and the ViT
     paper). Decayed groups set no ``weight_decay``, so the optimizer's own applies. ``lr_scale``
-    is ``layer_decay ** (top layer - layer)``: the head 1, the last block ``layer_decay``, and so
-    on down to the embeddings; without ``layer_decay`` the net is one layer at scale 1.
+    is ``layer_decay ** (top layer - layer)`` with the layers of the backbone's ``group_matcher``
+    (models/backbone.py): the head 1, the last block ``layer_decay``, and so on down to the
+    embeddings; without ``layer_decay`` the net is one layer at scale 1.
     """
-    net = uncompiled(net)  # the backbone's own names, which its no_weight_decay() and layer_id() know
+    net = uncompiled(net)  # the backbone's own names, which its no_weight_decay() and group_matcher() know
     if layer_decay is None:
-        num_layers, layer_id, layer_decay = 1, lambda name: 0, 1.0
+        layers, layer_decay = {name: 0 for name, _ in net.named_parameters()}, 1.0
     else:
-        num_layers, layer_id = layer_numbering(net)
-    skip = set(getattr(net, "no_weight_decay", lambda: set())())
+        layers = layer_ids(net)
+    num_layers = max(layers.values(), default=0) + 1
+    skip = set(net.no_weight_decay())
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in net.named_parameters():
         if not param.requires_grad:
             continue
-        layer, decayed = layer_id(name), is_decayed(name, param, skip)
+        layer, decayed = layers[name], is_decayed(name, param, skip)
         if (layer, decayed) not in groups:
             groups[layer, decayed] = {"params": [], "lr_scale": layer_decay ** (num_layers - 1 - layer)}
             if not decayed:
@@ -71,28 +71,6 @@ def param_groups(net: nn.Module, layer_decay: float | None = None) -> list[dict]
 def is_decayed(name: str, param: nn.Parameter, skip: set[str]) -> bool:
     """The rule above, for one parameter."""
     return not (param.ndim <= 1 or name in skip or any(part in name for part in NO_DECAY_NAME_PARTS))
-
-
-def layer_numbering(net: nn.Module) -> tuple[int, Callable[[str], int]]:
-    """(number of layers, name -> layer id): the backbone's own (``num_layers``, ``layer_id``),
-    else timm's ViT naming (embeddings 0, ``blocks.i`` i + 1, the final norm with the last block,
-    the head last)."""
-    if hasattr(net, "layer_id"):
-        return net.num_layers, net.layer_id
-    blocks = getattr(net, "blocks", None)
-    if blocks is None:
-        raise ConfigError(f"{type(net).__name__} has no blocks to number: set finetune.layer_decay to null")
-    depth = len(blocks)
-    head = {name for name, _ in net.named_parameters() if name.startswith(("head.", "fc_norm."))}
-
-    def layer_id(name: str) -> int:
-        if match := VIT_BLOCK.search(name):
-            return int(match.group(1)) + 1
-        if name in head:
-            return depth + 1
-        return depth if name.startswith("norm.") else 0
-
-    return depth + 2, layer_id
 
 
 def base_lr(optimizer: Optimizer) -> float:
