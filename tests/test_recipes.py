@@ -53,7 +53,9 @@ RECIPE_RUNS = {
         lambda root: write_tiny_imagenet(root, per_class=3, val_per_class=1),
         "test/acc_top5",
         0.1,
-        "data.val_size=0.25",
+        # 3 images a class: dealt 3 times each, an epoch would see one per class (the sampler has
+        # its own tests in tests/data/test_augment.py)
+        "data.val_size=0.25 data.repeated_augmentation=1",
     ),
 }
 
@@ -66,7 +68,7 @@ def test_the_recipe_learns_on_real_format_data(data, train_config, tmp_path):
         train_config,
         f"data={data}",
         f"data.data_dir={tmp_path}",
-        val_size,
+        *val_size.split(),
         "data.batch_size=32",
         "trainer.max_epochs=6",
         "model.scheduler.warmup_epochs=1",

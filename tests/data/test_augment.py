@@ -126,3 +126,61 @@ def test_randaugment_at_the_top_magnitude_posterizes_instead_of_crashing():
     only_posterize.augment.ops = [op for op in only_posterize.augment.ops if op.name == "PosterizeIncreasing"]
     out = torch.stack([only_posterize[i][0] for i in range(len(dataset))])
     assert torch.equal(out, images & 0b1000_0000)  # one bit kept: the strongest posterize Pillow allows
+
+
+def test_random_erasing_fills_boxes_with_noise_in_training_batches_only(cifar_dir):
+    dm = datamodule(cifar_dir, random_erasing=1.0)  # every image gets a box
+    images, labels = next(iter(dm.train_dataloader()))
+    x = images.float() / 255
+    out, _ = dm.on_after_batch_transfer((images.clone(), labels), 0)
+    changed = (out != x).any(1)  # [B, H, W]
+    for i in range(len(out)):
+        rows, cols = changed[i].nonzero(as_tuple=True)
+        assert len(rows) > 0
+        box = changed[i, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.float().mean() > 0.99  # one rectangle, every pixel replaced
+    dm.trainer.training = False
+    plain, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(plain, x)
+    with pytest.raises(ConfigError, match=r"data\.random_erasing=1\.5"):
+        datamodule(cifar_dir, random_erasing=1.5)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_repeated_augmentation_deals_each_image_three_times_across_ranks(world):
+    from vit_rpe.data.augment import RepeatedAugmentationSampler
+
+    dataset = range(600)
+    samplers = [
+        RepeatedAugmentationSampler(dataset, seed=7, repeats=3, num_replicas=world, rank=r)
+        for r in range(world)
+    ]
+    for sampler in samplers:
+        sampler.set_epoch(4)
+    per_rank = [list(s) for s in samplers]
+    assert all(
+        len(indices) == 512 // world == len(s) for indices, s in zip(per_rank, samplers)
+    )  # 600 -> 512 per epoch
+    drawn = [i for indices in per_rank for i in indices]
+    counts = torch.bincount(torch.tensor(drawn), minlength=600)
+    assert counts.max() <= 3 and (counts == 3).sum() >= len(drawn) // 3 - 2  # repeats, not new images
+    if world == 3:  # the three copies of an image go to three ranks, at the same position
+        assert per_rank[0] == per_rank[1] == per_rank[2]
+    again = RepeatedAugmentationSampler(dataset, seed=7, repeats=3, num_replicas=world, rank=0)
+    again.set_epoch(4)
+    assert list(again) == per_rank[0]  # (seed, epoch) decide the order: a resumed run draws it again
+    again.set_epoch(5)
+    assert list(again) != per_rank[0]
+
+
+def test_the_datamodule_uses_the_sampler_with_its_rank(cifar_dir):
+    from torch.utils.data import DistributedSampler
+
+    dm = datamodule(cifar_dir, repeated_augmentation=3)
+    dm.trainer.world_size = 2
+    dm.trainer.global_rank = 1
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, DistributedSampler)  # so Lightning does not shard it again under DDP
+    assert (sampler.num_replicas, sampler.rank, sampler.repeats) == (2, 1, 3)
+    with pytest.raises(ConfigError, match=r"data\.repeated_augmentation=0"):
+        datamodule(cifar_dir, repeated_augmentation=0)

@@ -1,4 +1,5 @@
-"""Augmentations beyond crop and flip: RandAugment per image, mixup / cutmix per device batch.
+"""Augmentations beyond crop and flip: RandAugment per image, random erasing and mixup / cutmix
+per device batch, and repeated augmentation (a sampler).
 
 RandAugment's operations (shear, posterize, equalize, ...) are defined on single PIL images, so
 they run in the DataLoader (in its workers when ``data.num_workers > 0``) on the uint8 training
@@ -9,10 +10,12 @@ turning integer labels into [B, num_classes] soft targets that the classifier tr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, DistributedSampler, default_collate
 
 from vit_rpe.utils.errors import ConfigError
 
@@ -35,6 +38,63 @@ def build_mixup(mixup: float, cutmix: float, prob: float, num_classes: int):
         label_smoothing=0.0,
         num_classes=num_classes,
     )
+
+
+class RandomErasingBatch:
+    """timm's RandomErasing on a normalised device batch: with ``probability`` per image, a random
+    box is filled with per-pixel normal noise (timm's ``pixel`` mode, as DeiT and Lee et al. use).
+    timm's object is built once per device, since it draws its noise there."""
+
+    def __init__(self, probability: float):
+        if not 0 <= probability <= 1:
+            raise ConfigError(
+                f"data.random_erasing={probability} is a probability per image: give one in [0, 1]"
+            )
+        self.probability = probability
+        self._by_device: dict[torch.device, object] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device not in self._by_device:
+            from timm.data.random_erasing import RandomErasing
+
+            erase = RandomErasing(self.probability, mode="pixel", device=images.device)
+            self._by_device[images.device] = erase
+        return self._by_device[images.device](images)  # erases in place, image by image
+
+
+class RepeatedAugmentationSampler(DistributedSampler):
+    """Repeated augmentation (Hoffer et al. 2020; DeiT's RASampler): each epoch draws a shuffled
+    order, repeats every index ``repeats`` times and deals the list round-robin to the ranks, so the
+    copies of an image land on different ranks (or in one batch on one process) and are augmented
+    independently. Each rank then keeps its usual share, rounded down to a multiple of 256 over all
+    ranks as DeiT does, so an epoch takes as many steps as without repetition, over a third of the
+    images (repeats=3).
+
+    Why not timm's RepeatAugSampler: its order depends on the epoch only (not the run's seed), and
+    it is no DistributedSampler, so Lightning would shard it a second time under DDP. Being one,
+    this sampler is left alone by Lightning, and ``set_epoch`` (called by Lightning before every
+    epoch) is all a resumed run needs to draw the same order.
+    """
+
+    def __init__(self, dataset, seed: int, repeats: int = 3, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if repeats < 1:
+            raise ConfigError(f"data.repeated_augmentation={repeats} must be at least 1 (1 = off)")
+        self.repeats = repeats
+        per_rank = len(dataset) // 256 * 256 // num_replicas
+        self.num_selected = per_rank if per_rank > 0 else math.ceil(len(dataset) / num_replicas)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator)
+        repeated = order.repeat_interleave(self.repeats)
+        per_rank = math.ceil(len(repeated) / self.num_replicas)
+        padded = torch.cat([repeated, repeated[: per_rank * self.num_replicas - len(repeated)]])
+        mine = padded[self.rank :: self.num_replicas]
+        return iter(mine[: self.num_selected].tolist())
+
+    def __len__(self) -> int:
+        return self.num_selected
 
 
 class BatchMixup:

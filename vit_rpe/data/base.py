@@ -13,7 +13,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, default_collate
 
-from vit_rpe.data.augment import RandAugmentImages, build_mixup
+from vit_rpe.data.augment import (
+    RandAugmentImages,
+    RandomErasingBatch,
+    RepeatedAugmentationSampler,
+    build_mixup,
+)
 from vit_rpe.data.resumable import ResumableDataLoader
 from vit_rpe.data.splits import stratified_subset
 from vit_rpe.data.transforms import DeviceTransform
@@ -111,6 +116,8 @@ class ImageDataModule(L.LightningDataModule):
         mixup: float = 0.0,
         cutmix: float = 0.0,
         mix_prob: float = 1.0,
+        random_erasing: float = 0.0,
+        repeated_augmentation: int = 1,
         train_fraction: float = 1.0,
     ):
         super().__init__()
@@ -144,6 +151,12 @@ class ImageDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.randaugment = randaugment
         self.mixup = build_mixup(mixup, cutmix, mix_prob, self.num_classes)
+        self.random_erasing = RandomErasingBatch(random_erasing) if random_erasing > 0 else None
+        if repeated_augmentation < 1:
+            raise ConfigError(
+                f"data.repeated_augmentation={repeated_augmentation} must be at least 1 (1 = off)"
+            )
+        self.repeated_augmentation = repeated_augmentation
 
     def record_hyperparameters(self) -> None:
         """The constructor's arguments (a subclass's too) and ``_target_``, as plain values: Lightning
@@ -270,7 +283,7 @@ class ImageDataModule(L.LightningDataModule):
         return loader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
-            sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
+            sampler=self.train_sampler(dataset) if shuffle else None,
             num_workers=workers,
             pin_memory=pin and not on_device,
             collate_fn=collate_gathered,
@@ -278,6 +291,12 @@ class ImageDataModule(L.LightningDataModule):
             # its own generator: making an iterator draws a worker seed, which must not move the global RNG
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def train_sampler(self, dataset):
+        if self.repeated_augmentation == 1:
+            return EpochShuffleSampler(dataset, self.seed)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        return RepeatedAugmentationSampler(dataset, self.seed, self.repeated_augmentation, world, rank)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -295,6 +314,8 @@ class ImageDataModule(L.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         images = self.transform(images, train=training)
+        if training and self.random_erasing is not None:
+            images = self.random_erasing(images)
         if training and self.mixup is not None:
             images, labels = self.mixup(images, labels)
         return images, labels
