@@ -49,6 +49,9 @@ def bad_files(root: Path, run_dir: Path) -> dict[str, Path]:
         "state_dict"
     ]
     torch.save({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, plain)
+    no_data = root / "no_data.ckpt"  # as saved before checkpoints recorded their datamodule
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if not k.startswith("datamodule_")}, no_data)
     code = root / "code.ckpt"
     torch.save({"state_dict": {}, "object": Unpicklable()}, code)
     empty = root / "empty_dir"
@@ -70,6 +73,7 @@ def bad_files(root: Path, run_dir: Path) -> dict[str, Path]:
         "png": png,
         "one_class": one_class,
         "empty_class": empty_class,
+        "no_data": no_data,
     }
 
 
@@ -111,6 +115,12 @@ TRAIN_ROWS = [
         "unknown rpe.impl 'bogus'",
     ),
     ("no-gpu", ["trainer=gpu"], ConfigError, "This machine has 0 CUDA GPUs"),
+    (
+        "train-fraction-outside",
+        ["data.train_fraction=1.5"],
+        ConfigError,
+        "data.train_fraction=1.5 is outside (0, 1]",
+    ),
     (
         "mnist-missing-no-download",
         ["data=mnist", "data.download=false", "paths.data_dir={empty}"],
@@ -273,10 +283,16 @@ def test_optimized_metric_unknown():
 EVAL_ROWS = [
     ("eval-no-ckpt", [], ConfigError, "ckpt_path is required"),
     (
-        "eval-image-size-mismatch",
-        ["ckpt_path={run}/checkpoints/last.ckpt", "data.image_size=16"],
+        "eval-image-size-not-divisible",
+        ["ckpt_path={run}/checkpoints/last.ckpt", "data.image_size=9"],
+        ConfigError,
+        r"data\.image_size=9 is not divisible by the model's patch size 2",
+    ),
+    (
+        "eval-ckpt-without-data",
+        ["ckpt_path={no_data}"],
         CheckpointError,
-        "was trained with image_size=8 but the data has image_size=16",
+        "does not record its data",
     ),
     (
         "eval-ckpt-is-an-image",

@@ -145,3 +145,50 @@ def test_eval_loss_is_the_mean_over_images_whatever_the_batch_size(trained, tmp_
         for size in (32, 100)
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_eval_at_its_own_size_through_the_resolution_path_gives_its_test_accuracy(trained, tmp_path):
+    """data.image_size set to the training size (8 px, a 4x4 grid): exactly the run's numbers,
+    and the data came from the checkpoint (no data= given)."""
+    _, metrics = trained
+    overrides = ["trainer=cpu", f"ckpt_path={metrics['best_ckpt']}", "trainer.limit_test_batches=2"]
+    result = evaluate(compose_config("eval", [*overrides, "data.image_size=8"], tmp_path / "own"))
+    assert result["test/acc"] == metrics["test/acc"]
+    assert result["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    assert result["image_size"] == 8 and result["data"].endswith("DigitsDataModule")
+    for key in ("params", "gflops_per_image", "infer_images_per_sec"):
+        assert result[key] > 0
+
+
+@pytest.mark.parametrize("rpe", ["general", "exp"])
+def test_eval_at_another_size_moves_the_model_to_the_new_grid(rpe, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(compose_config("train", [*FAST, f"rpe={rpe}", "model.net.pos_embed=learned"], out))
+    overrides = ["trainer=cpu", f"ckpt_path={metrics['best_ckpt']}", "trainer.limit_test_batches=2"]
+    result = evaluate(compose_config("eval", [*overrides, "data.image_size=12"], tmp_path / "at12"))
+    assert result["image_size"] == 12 and 0.0 <= result["test/acc"] <= 1.0
+    assert result["gflops_per_image"] > metrics["gflops_per_image"]  # 36 tokens instead of 16
+    written = json.loads((tmp_path / "at12" / "metrics.json").read_text())
+    assert written["image_size"] == 12 and written["test/acc"] == result["test/acc"]
+
+
+def test_eval_at_a_size_the_patch_does_not_divide_is_refused(trained, tmp_path):
+    from vit_rpe.utils.errors import ConfigError
+
+    _, metrics = trained
+    cfg = compose_config(
+        "eval", ["trainer=cpu", f"ckpt_path={metrics['best_ckpt']}", "data.image_size=9"], tmp_path
+    )
+    with pytest.raises(ConfigError, match=r"data\.image_size=9 is not divisible by the model's patch size 2"):
+        evaluate(cfg)
+
+
+def test_training_with_eval_image_sizes_writes_one_evaluation_per_size(tmp_path):
+    out = tmp_path / "run"
+    metrics = train(compose_config("train", [*FAST, "rpe=exp", "eval_image_sizes=[8,12]"], out))
+    own = json.loads((out / "evals" / "8px" / "metrics.json").read_text())
+    other = json.loads((out / "evals" / "12px" / "metrics.json").read_text())
+    assert own["test/acc"] == metrics["test/acc"] and own["image_size"] == 8
+    assert other["image_size"] == 12 and {"test/acc", "test/loss", "gflops_per_image"} <= set(other)
+    written = json.loads((out / "metrics.json").read_text())
+    assert {"params", "gflops_per_image", "infer_images_per_sec"} <= set(written)

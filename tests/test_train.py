@@ -23,6 +23,8 @@ METRICS_KEYS = {
     "epochs",
     "seconds_per_epoch",
     "train_images_per_sec",
+    "gflops_per_image",
+    "infer_images_per_sec",
 }
 
 

@@ -24,11 +24,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_rpe.data import ImageDataModule, fill_data_metadata
 from vit_rpe.models.backbone import PretrainedBackbone
+from vit_rpe.models.embed import GridSized
 from vit_rpe.tasks import ImageClassifier
 from vit_rpe.utils.checkpoint import load_weights, read_task_checkpoint
 from vit_rpe.utils.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("vit_rpe.build")
+
+# where Lightning stores a datamodule's save_hyperparameters() in a checkpoint
+DATAMODULE_HPARAMS = L.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY
 
 
 def build_run(
@@ -43,6 +47,8 @@ def build_run(
     from the hub or the source file (they may be gone, and their weights would be thrown away).
     """
     ckpt = read_task_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt is not None and "_target_" not in cfg.data:
+        data_from_checkpoint(cfg, ckpt, ckpt_path)
     datamodule: ImageDataModule = instantiate(cfg.data)
     fill_data_metadata(cfg, datamodule)
     if ckpt is None:
@@ -62,8 +68,19 @@ def build_run(
     if isinstance(model.net, PretrainedBackbone):  # built for its weights' input, not for the data's
         datamodule.apply_data_config(model.net.data_config())
     if ckpt is not None:
-        check_matches_data(ckpt["hyper_parameters"], datamodule, ckpt_path)
+        resizable = isinstance(model.net, GridSized)
+        check_matches_data(ckpt["hyper_parameters"], datamodule, ckpt_path, check_size=not resizable)
         load_weights(model, ckpt["state_dict"], source=ckpt_path)
+        if resizable:
+            grid = model.net.grid_size_for(datamodule.image_size)
+            if grid != model.net.grid_size:
+                log.info(
+                    "evaluating at %s px: patch grid %s -> %s",
+                    datamodule.image_size,
+                    model.net.grid_size,
+                    grid,
+                )
+                model.net.set_grid_size(grid)
     return datamodule, model
 
 
@@ -73,6 +90,18 @@ def saved_model_config(ckpt: Mapping[str, Any], path: str | Path) -> DictConfig:
     model_cfg = OmegaConf.create(saved)
     check_backbone_config(model_cfg.net, None, source=f"the config saved in {path}")
     return model_cfg
+def data_from_checkpoint(cfg: DictConfig, ckpt: Mapping[str, Any], path: str) -> None:
+    """``cfg.data`` names no datamodule (eval without ``data=``): the one the checkpoint's run
+    trained on (its recorded arguments), with the keys the command line set (``data.image_size``)."""
+    saved = ckpt.get(DATAMODULE_HPARAMS)
+    if not saved or "_target_" not in saved:
+        raise CheckpointError(
+            f"checkpoint {path} does not record its data (it was saved before checkpoints did): name it, "
+            "e.g. data=mnist, as in the config.yaml of its run directory"
+        )
+    given = {key: value for key, value in cfg.data.items() if value is not None}
+    with open_dict(cfg):
+        cfg.data = OmegaConf.create({**saved, **given})
 
 
 def with_recorded_source(model_cfg: DictConfig, saved_net: Mapping[str, Any]) -> DictConfig:
@@ -101,14 +130,17 @@ def fill_class_names(net_cfg: DictConfig, datamodule: ImageDataModule) -> None:
             net_cfg.class_names = [str(name) for name in names]
 
 
-def check_matches_data(hparams: Mapping[str, Any], datamodule: ImageDataModule, path: str) -> None:
-    """The checkpoint's model was trained on data of this shape: classes, channels, image size
-    (after the datamodule took on the backbone's input size, for a pretrained one)."""
+def check_matches_data(
+    hparams: Mapping[str, Any], datamodule: ImageDataModule, path: str, check_size: bool = True
+) -> None:
+    """The checkpoint's model was trained on data of this shape: classes, channels, and image size
+    (after the datamodule took on the backbone's input size, for a pretrained one) unless the
+    backbone moves to another patch grid (``check_size=False``: set_grid_size)."""
     net = hparams["net"]
     expected = {
         "num_classes": hparams.get("num_classes", net.get("num_classes")),
         "in_chans": net.get("in_chans"),
-        "image_size": net.get("img_size"),
+        "image_size": net.get("img_size") if check_size else None,
     }
     for key, trained in expected.items():
         given = getattr(datamodule, key, None)

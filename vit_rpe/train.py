@@ -6,13 +6,14 @@ main around it only composes the config and returns the metric a sweeper optimis
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_rpe.utils.config_checks import check_config
 from vit_rpe.utils.errors import CheckpointError
@@ -61,7 +62,14 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
     from lightning.pytorch.utilities import rank_zero_only
 
     from vit_rpe.build import build_run
-    from vit_rpe.utils.checkpoint import check_fits, continue_csv_logs, read_task_checkpoint, resume_config
+    from vit_rpe.utils.checkpoint import (
+        check_fits,
+        continue_csv_logs,
+        read_task_checkpoint,
+        resume_config,
+        uncompiled,
+    )
+    from vit_rpe.utils.cost import cost_per_image
     from vit_rpe.utils.trainer import instantiate_trainer
 
     cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
@@ -106,12 +114,38 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
 
     metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir, run_stats)}
     metrics["export_dir"] = str(exported) if exported else None
+    if trainer.is_global_zero:  # the cost of one image, on the run's device (utils/cost.py)
+        net = uncompiled(model.net).to(trainer.strategy.root_device)
+        metrics.update(cost_per_image(net, datamodule.input_shape, batch_size=datamodule.eval_batch_size))
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir / "metrics.json")
         print_metrics(metrics, title=f"results: {output_dir}")
         log.info("run directory: %s", output_dir)
+    sizes = cfg.get("eval_image_sizes") or []
+    if sizes and cfg.get("test", True):
+        evaluate_at_sizes(cfg, best_checkpoint(trainer), sizes, output_dir / "evals")
     return metrics
+
+
+def evaluate_at_sizes(cfg: DictConfig, ckpt_path: str | None, sizes, folder: Path) -> dict[int, dict]:
+    """``eval_image_sizes``: the tested checkpoint evaluated at each image size (as ``python -m
+    vit_rpe.eval ckpt_path=... data.image_size=<px>`` does), into ``<folder>/<px>px/metrics.json``."""
+    from vit_rpe.eval import evaluate
+
+    if not ckpt_path:
+        log.warning("eval_image_sizes: the run saved no checkpoint to evaluate")
+        return {}
+    results = {}
+    for size in sizes:
+        eval_cfg = copy.deepcopy(cfg)
+        with open_dict(eval_cfg):
+            eval_cfg.ckpt_path = ckpt_path
+            eval_cfg.data.image_size = int(size)
+            eval_cfg.paths.output_dir = str(folder / f"{int(size)}px")
+            eval_cfg.logger = None
+        results[int(size)] = evaluate(eval_cfg)
+    return results
 
 
 def export_backbone(

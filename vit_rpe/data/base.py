@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.data import suggested_max_num_workers
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, default_collate
 
 from vit_rpe.data.augment import (
     RandAugmentImages,
@@ -19,8 +21,9 @@ from vit_rpe.data.augment import (
     build_mixup,
 )
 from vit_rpe.data.resumable import ResumableDataLoader
+from vit_rpe.data.splits import stratified_subset
 from vit_rpe.data.transforms import DeviceTransform
-from vit_rpe.utils.errors import ConfigError
+from vit_rpe.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +120,18 @@ class ImageDataModule(L.LightningDataModule):
         mix_prob: float = 1.0,
         random_erasing: float = 0.0,
         repeated_augmentation: int = 1,
+        train_fraction: float = 1.0,
     ):
         super().__init__()
+        self.record_hyperparameters()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        if not 0.0 < train_fraction <= 1.0:
+            raise ConfigError(
+                f"data.train_fraction={train_fraction} is outside (0, 1]: give the share of the training "
+                "split to train on, e.g. data.train_fraction=0.1 (1 trains on all of it)"
+            )
+        self.train_fraction = train_fraction
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -153,6 +164,20 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.repeated_augmentation={repeated_augmentation} must be at least 1 (1 = off)"
             )
         self.repeated_augmentation = repeated_augmentation
+
+    def record_hyperparameters(self) -> None:
+        """The constructor's arguments (a subclass's too) and ``_target_``, as plain values: Lightning
+        stores them in checkpoints (``datamodule_hyper_parameters``), and eval rebuilds the data from
+        them. Not logged: the run's loggers get the whole config."""
+        self.save_hyperparameters(
+            ignore=["args", "kwargs"], frame=inspect.currentframe().f_back, logger=False
+        )
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, (DictConfig, ListConfig)):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+            elif isinstance(value, (Path, tuple)):
+                self.hparams[key] = str(value) if isinstance(value, Path) else list(value)
+        self.hparams["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def check_metadata(self, in_chans: int | None, num_classes: int | None) -> None:
         """Configs repeat the dataset's shape so models can interpolate it: it must agree."""
@@ -193,6 +218,11 @@ class ImageDataModule(L.LightningDataModule):
             "image_size": [int(s) for s in size],
         }
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The shape [C, H, W] of one image as the model gets it."""
+        return (self.in_chans, *self.transform.image_size)
+
     def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
         """Resize and normalise as a backbone expects: a pretrained one states its checkpoint's
         ``input_size`` (C, H, W) and ``mean``/``std`` (its ``data_config()``, models/backbone.py;
@@ -221,11 +251,30 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+            if self.train_fraction < 1.0:
+                self.splits["train"] = self.train_subset(*self.splits["train"])
             if self.on_device and self.trainer is not None:
                 self.to_device(self.trainer.strategy.root_device)
         if self.trainer is not None and self.transform.generator is None:  # each rank augments differently
             generator = torch.Generator(self.trainer.strategy.root_device)
             self.transform.generator = generator.manual_seed(self.seed + self.trainer.global_rank)
+
+    def train_subset(self, images: torch.Tensor | Dataset, labels: torch.Tensor) -> Split:
+        """``train_fraction`` of every class of the training split, the same for the same seed."""
+        index = stratified_subset(labels, self.train_fraction, seed=self.seed)
+        if len(index) == 0:
+            raise DataError(
+                f"data.train_fraction={self.train_fraction} leaves no training image of the "
+                f"{len(labels)}: raise it"
+            )
+        log.info(
+            "data.train_fraction=%s: training on %d of %d images",
+            self.train_fraction,
+            len(index),
+            len(labels),
+        )
+        images = images[index] if isinstance(images, torch.Tensor) else Subset(images, index.tolist())
+        return images, labels[index]
 
     def to_device(self, device: torch.device | str) -> None:
         """Move the in-memory uint8 splits to ``device`` once: batches are then gathered there."""
@@ -306,56 +355,3 @@ class ImageDataModule(L.LightningDataModule):
         if training and self.mixup is not None:
             images, labels = self.mixup(images, labels)
         return images, labels
-
-
-# Carved test splits are drawn with this seed, never the run's: runs of every seed are scored on the
-# same images.
-TEST_SPLIT_SEED = 0
-
-
-def carve_splits(
-    labels: torch.Tensor, val: float | None, test: float | None, seed: int
-) -> dict[str, torch.Tensor]:
-    """Indices of 'train' and of the held-out splits asked for, stratified by class.
-
-    ``val`` and ``test`` are fractions of all the images (None: the format has that split). The
-    test split is drawn first, with TEST_SPLIT_SEED, so it depends on the data and ``test`` alone;
-    validation is drawn from the rest with the run's ``seed``.
-    """
-    keep, parts = torch.arange(len(labels)), {}
-    if test:
-        keep, parts["test"] = stratified_split(labels, [1 - test, test], seed=TEST_SPLIT_SEED)
-    if val:
-        share = min(val * len(labels) / max(len(keep), 1), 1.0)  # of the images left
-        rest, held = stratified_split(labels[keep], [1 - share, share], seed=seed)
-        keep, parts["val"] = keep[rest], keep[held]
-    return {"train": keep, **parts}
-
-
-def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
-    """Index sets with the given fractions of every class, the same for the same seed."""
-    gen = torch.Generator().manual_seed(seed)
-    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
-    for label in labels.unique(sorted=True):
-        members = (labels == label).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=gen)]
-        bounds = torch.tensor([0.0, *fractions]).cumsum(0) * len(members)
-        bounds = bounds.round().long().tolist()
-        for i in range(len(fractions)):
-            parts[i].append(members[bounds[i] : bounds[i + 1]])
-    return [torch.cat(p).sort().values for p in parts]
-
-
-def fill_data_metadata(cfg, datamodule: ImageDataModule) -> None:
-    """Fill ``cfg.data`` keys left null (num_classes, in_chans, image_size) from the datamodule.
-
-    Data configs of folders and HF datasets leave ``num_classes: null``: the datamodule counts the
-    classes on disk, and the model configs, which interpolate ``${data.num_classes}``, see the number.
-    Call it before the config is resolved.
-    """
-    from omegaconf import open_dict
-
-    with open_dict(cfg.data):
-        for key in ("num_classes", "in_chans", "image_size"):
-            if cfg.data.get(key, None) is None and hasattr(datamodule, key):
-                cfg.data[key] = getattr(datamodule, key)

@@ -22,8 +22,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vit_rpe.data.base import ImageDataModule, Split, carve_splits
+from vit_rpe.data.base import ImageDataModule, Split
 from vit_rpe.data.cache import cache_key, load_cache, write_cache
+from vit_rpe.data.splits import carve_splits
 from vit_rpe.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_rpe.data.base import ImageDataModule, Split, carve_splits, stratified_split
+from vit_rpe.data.base import ImageDataModule, Split
 from vit_rpe.data.download import download
+from vit_rpe.data.splits import carve_splits, stratified_split
 from vit_rpe.utils.errors import DataError
 
 MNIST_MIRRORS = (

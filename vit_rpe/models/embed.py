@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vit_rpe.utils.errors import ConfigError
+
+
+@runtime_checkable
+class GridSized(Protocol):
+    """A module whose tensors depend on the patch grid: position embeddings and encodings, patch
+    embeddings. ``set_grid_size`` moves it to another grid (another image size, same patch size),
+    carrying over what it learned; the ViT calls it on each of its modules."""
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None: ...
 
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -39,6 +50,11 @@ class LinearPatchEmbed(nn.Module):
             self.img_size[1] // self.patch_size[1],
         )
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, stride=self.patch_size)
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None:
+        """The convolution takes any image size: only the recorded sizes change."""
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
+        self.img_size = (self.grid_size[0] * self.patch_size[0], self.grid_size[1] * self.patch_size[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # [B, D, Hg, Wg]
@@ -83,6 +99,8 @@ class ConvStemPatchEmbed(nn.Module):
         layers.append(nn.Conv2d(channels, embed_dim, 1))
         self.proj = nn.Sequential(*layers)
 
+    set_grid_size = LinearPatchEmbed.set_grid_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # [B, Hg*Wg, D]
 
@@ -103,6 +121,30 @@ def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0
     y = y.flatten()[:, None] * omega[None, :]
     x = x.flatten()[:, None] * omega[None, :]
     return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1).float()
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid_size, old_grid_size) -> torch.Tensor:
+    """A learned absolute position embedding [1, h*w, D] of grid ``old_grid_size`` resampled to
+    ``grid_size``: bicubic, antialiased when shrinking (timm's ``resample_abs_pos_embed``, as timm
+    does for a ViT at another image size)."""
+    if tuple(old_grid_size) == tuple(grid_size):
+        return pos_embed
+    return resample_abs_pos_embed(
+        pos_embed.float(), list(grid_size), list(old_grid_size), num_prefix_tokens=0
+    ).to(pos_embed.dtype)
+
+
+def infer_grid_size(num_patches: int, like: tuple[int, int]) -> tuple[int, int]:
+    """The grid of ``num_patches`` tokens: square when it can be (timm's rule), else with the aspect
+    of ``like`` (a state dict saved at another image size records its token count, not its grid)."""
+    side = math.isqrt(num_patches)
+    h = side if side * side == num_patches else max(1, round(math.sqrt(num_patches * like[0] / like[1])))
+    if num_patches % h:
+        raise ConfigError(
+            f"cannot tell the grid of a position embedding of {num_patches} tokens (the model's grid is "
+            f"{like[0]}x{like[1]}): load it into a model of its own image size, then set_grid_size"
+        )
+    return (h, num_patches // h)
 
 
 def divisors(n: int) -> list[int]:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table_simple
 from torch import nn
 
 from vit_rpe.models.fused import MaskedKernelMatrix
@@ -112,17 +113,34 @@ class RelativePositionMask(nn.Module):
                 f"rpe.impl=kron needs a separable mask (rpe=exp with rpe.distance=l1), "
                 f"but this is {self.describe()}: use rpe.impl=auto, quadratic, fft or dense"
             )
+        self.requested_impl = impl  # `auto` is resolved again at every grid size (set_grid_size)
         self.impl = self.resolve_impl(impl)
         # The cls token has no grid position: its row and column get exp(cls_logit[h]).
         self.cls_logit = nn.Parameter(torch.zeros(num_heads)) if num_prefix_tokens else None
+        self.register_grid_buffers(torch.device("cpu"))
+
+    def register_grid_buffers(self, device: torch.device) -> None:
+        """The index and distance tables of ``self.grid_size`` (not saved: they follow from it)."""
         hg, wg = self.grid_size
-        self.register_buffer("index", grid_index(self.grid_size), persistent=False)
-        self.register_buffer("y_index", toeplitz_index(hg), persistent=False)
-        self.register_buffer("x_index", toeplitz_index(wg), persistent=False)
+        self.register_buffer("index", grid_index(self.grid_size).to(device), persistent=False)
+        self.register_buffer("y_index", toeplitz_index(hg).to(device), persistent=False)
+        self.register_buffer("x_index", toeplitz_index(wg).to(device), persistent=False)
         # Integer buffers: .double() / .half() leave them exact; converted to the parameters' dtype on use.
-        distance_int = offset_distance_int(self.grid_size, distance)  # [2Hg-1, 2Wg-1]
+        distance_int = offset_distance_int(self.grid_size, self.distance).to(device)  # [2Hg-1, 2Wg-1]
         self.register_buffer("distance_int", distance_int, persistent=False)
         self.register_buffer("grid_distance_int", distance_int.flatten()[self.index], persistent=False)
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None:
+        """Work on another patch grid (another image size, same patch size): the index and distance
+        tables follow the grid, ``impl=auto`` is chosen again for its size, and the learned values
+        carry over (exp, poly: the same function of distance; cls_logit unchanged; general:
+        its offset table resampled, see ``GeneralRPE.resample``)."""
+        grid_size = (int(grid_size[0]), int(grid_size[1]))
+        if grid_size == self.grid_size:
+            return
+        self.grid_size = grid_size
+        self.impl = self.resolve_impl(self.requested_impl)
+        self.register_grid_buffers(self.index.device)
 
     @classmethod
     def is_separable(cls, distance: str) -> bool:
@@ -274,6 +292,32 @@ class GeneralRPE(RelativePositionMask):
 
     def log_mask_offsets(self) -> torch.Tensor:
         return self.bias
+
+    @staticmethod
+    def resample(bias: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """The offset table [H, 2h-1, 2w-1] of another grid, for ``grid_size``: [H, 2Hg-1, 2Wg-1].
+
+        Bicubic interpolation of the table as an image (timm's ``resize_rel_pos_bias_table_simple``,
+        as for Swin/MaxViT tables): offsets are scaled with the grid, so a table learned on 7x7
+        patches reads at 9x9 as if the same picture were cut into finer patches.
+        """
+        shape = (bias.shape[0], 2 * grid_size[0] - 1, 2 * grid_size[1] - 1)
+        if tuple(bias.shape) == shape:
+            return bias
+        return resize_rel_pos_bias_table_simple(bias.float(), grid_size, shape).to(bias.dtype)
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None:
+        super().set_grid_size(grid_size)
+        with torch.no_grad():
+            table = self.resample(self.bias.detach(), self.grid_size)
+            self.bias = nn.Parameter(table, requires_grad=self.bias.requires_grad)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A table saved at another grid loads resampled to this one."""
+        key = prefix + "bias"
+        if key in state_dict and state_dict[key].shape != self.bias.shape:
+            state_dict[key] = self.resample(state_dict[key], self.grid_size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class DistanceMask(RelativePositionMask):

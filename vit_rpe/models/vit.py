@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
-from vit_rpe.models.embed import PATCH_EMBEDS, sincos_2d
+from vit_rpe.models.embed import (
+    PATCH_EMBEDS,
+    GridSized,
+    infer_grid_size,
+    resample_pos_embed,
+    sincos_2d,
+)
 from vit_rpe.models.rpe import RPES, build_rpe
 from vit_rpe.utils.errors import ConfigError
 
@@ -174,6 +180,54 @@ class VisionTransformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def grid_size_for(self, img_size: int | tuple[int, int]) -> tuple[int, int]:
+        """The patch grid of images of ``img_size``; an error naming the sizes that fit."""
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+        patch = self.patch_embed.patch_size
+        if size[0] % patch[0] or size[1] % patch[1]:
+            fits = [patch[0] * k for k in range(max(1, size[0] // patch[0] - 1), size[0] // patch[0] + 3)]
+            raise ConfigError(
+                f"data.image_size={img_size} is not divisible by the model's patch size {patch[0]}: "
+                f"choose a multiple of it, e.g. one of {fits}"
+            )
+        return (size[0] // patch[0], size[1] // patch[1])
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None:
+        """Run on another patch grid (another image size, same patch size) with the learned weights.
+
+        Each grid-dependent module moves itself (``GridSized``): the patch embedding records the
+        size, every RPE mask recomputes its tables (exp, poly exactly; general's table resampled;
+        ``impl=auto`` chosen again for the new grid); here the learned absolute position embedding
+        is resampled (bicubic, timm's ``resample_abs_pos_embed``) and sin-cos recomputed. The cls
+        token and every other weight stay as they are. See docs/resolution.md.
+        """
+        grid_size = (int(grid_size[0]), int(grid_size[1]))
+        old = self.grid_size
+        if grid_size == old:
+            return
+        self.grid_size = grid_size
+        if self.pos_embed is not None:
+            with torch.no_grad():
+                table = resample_pos_embed(self.pos_embed.detach(), grid_size, old)
+            self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
+        if self.pos_embed_fixed is not None:
+            device = self.pos_embed_fixed.device
+            self.pos_embed_fixed = sincos_2d(grid_size, self.embed_dim)[None].to(device)
+        for module in self.modules():
+            if module is not self and isinstance(module, GridSized):
+                module.set_grid_size(grid_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A position embedding saved at another image size loads resampled to this grid (RPE
+        tables resample themselves the same way: GeneralRPE)."""
+        key = prefix + "pos_embed"
+        saved, own = state_dict.get(key), self.pos_embed
+        # the same width, another token count: another grid (any other shape is another model)
+        if own is not None and saved is not None and saved.ndim == 3 and saved.shape[-1] == own.shape[-1]:
+            old = infer_grid_size(saved.shape[1], self.grid_size)
+            state_dict[key] = resample_pos_embed(saved, self.grid_size, old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- the backbone interface (models/backbone.py) ---------------------------------------------
 

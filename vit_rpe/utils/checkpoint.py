@@ -164,18 +164,16 @@ def load_weights(
 ) -> nn.Module:
     """Load ``state`` into ``module``, either of them compiled or not; a clear error when it does not fit.
 
-    With ``strict=False`` missing and unexpected names are allowed, other shapes are not.
+    With ``strict=False`` missing and unexpected names are allowed, other shapes are not. Position
+    tables saved at another patch grid (another image size) load resampled: the modules that hold
+    them do it in their ``_load_from_state_dict`` (models/vit.py, models/rpe.py).
     """
-    expected = model_state(module)
     state = plain_names(state)
-    mismatch = state_dict_mismatch(expected, state)
-    reshaped = any(
-        isinstance(v, torch.Tensor) and k in state and tuple(state[k].shape) != tuple(v.shape)
-        for k, v in expected.items()
-    )
-    if mismatch and (strict or reshaped):
-        raise CheckpointError(f"weights in {source} do not fit this model: {mismatch}")
-    module.load_state_dict(renamed_for(module, state), strict=strict)
+    try:
+        module.load_state_dict(renamed_for(module, state), strict=strict)
+    except RuntimeError as err:
+        mismatch = state_dict_mismatch(model_state(module), state) or str(err).splitlines()[0][:300]
+        raise CheckpointError(f"weights in {source} do not fit this model: {mismatch}") from None
     return module
 
 
