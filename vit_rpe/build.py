@@ -90,6 +90,8 @@ def saved_model_config(ckpt: Mapping[str, Any], path: str | Path) -> DictConfig:
     model_cfg = OmegaConf.create(saved)
     check_backbone_config(model_cfg.net, None, source=f"the config saved in {path}")
     return model_cfg
+
+
 def data_from_checkpoint(cfg: DictConfig, ckpt: Mapping[str, Any], path: str) -> None:
     """``cfg.data`` names no datamodule (eval without ``data=``): the one the checkpoint's run
     trained on (its recorded arguments), with the keys the command line set (``data.image_size``)."""
