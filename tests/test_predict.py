@@ -208,7 +208,9 @@ def test_predict_rejects_a_checkpoint_that_is_not_ours(digits_run, tmp_path):
     _, cfg = digits_run
     write_split_images(instantiate(cfg.data), "test", tmp_path / "images", 2)
     image = tmp_path / "images" / "000000_0.png"
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*: it is a PNG image, not a checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"cannot read checkpoint .*: it is a PNG image, not a checkpoint"
+    ):
         predict(image, tmp_path / "images")  # an image given as the checkpoint
     plain = tmp_path / "net.pt"
     torch.save({"weight": torch.zeros(2)}, plain)
