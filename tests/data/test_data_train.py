@@ -33,7 +33,11 @@ def fixtures(tmp_path_factory) -> Path:
 
 # Tiny ImageNet (one training image per class here) learns in a full epoch of 16x16 patches,
 # without the recipe's RandAugment and mixup / cutmix (test_recipes.py trains with them).
+# The recipes' random erasing and repeated augmentation (a third of the images an epoch) are off
+# too: these runs check the readers, in one or a few epochs.
+PLAIN = ("data.random_erasing=0", "data.repeated_augmentation=1")
 TINY_LEARNS = (
+    *PLAIN,
     "model.net.patch_size=16",
     "trainer.limit_train_batches=null",
     "model.optimizer.lr=3e-2",
@@ -42,9 +46,16 @@ TINY_LEARNS = (
     "data.cutmix=0",
 )
 CASES = {
-    "cifar10": ("data=cifar10", "data.data_dir={root}/cifar", "data.val_size=0.2", "data.download=false"),
+    "cifar10": (
+        "data=cifar10",
+        "data.data_dir={root}/cifar",
+        "data.val_size=0.2",
+        "data.download=false",
+        *PLAIN,
+    ),
     "cifar10_mixup": (
         "data=cifar10",
+        *PLAIN,
         "data.data_dir={root}/cifar",
         "data.val_size=0.2",
         "data.mixup=0.8",

@@ -222,6 +222,9 @@ class ImageClassifier(L.LightningModule):
         return loss, logits
 
     def on_train_start(self) -> None:
+        for module in self.net.modules():
+            if isinstance(module, PerformerAttention):  # its random features settle halfway
+                module.plan_redraws(int(self.trainer.estimated_stepping_batches))
         # Sanity-check batches must not count towards the best validation accuracy.
         self.val_acc_best.reset()
         self.restore_train_loader_state()  # before the first batch
@@ -302,12 +305,9 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.make_optimizer, self.net, self.finetune.layer_decay)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        for module in self.net.modules():
-            if isinstance(module, PerformerAttention):  # its random features settle halfway
-                module.plan_redraws(total_steps)
         if self.make_scheduler is None:
             return {"optimizer": optimizer}
+        total_steps = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         scheduler = self.make_scheduler(
             optimizer, total_steps=total_steps, steps_per_epoch=max(total_steps // epochs, 1)
