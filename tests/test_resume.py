@@ -16,7 +16,7 @@ from omegaconf import open_dict
 from torch.multiprocessing import ProcessExitedException
 
 from tests.conftest import FAST, compose_config
-from vit_rpe.callbacks.safety import EXIT_SIGINT, EXIT_SIGTERM
+from vit_rpe.callbacks.last_checkpoint import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.tasks.optim import warmup_cosine
 from vit_rpe.train import train
 from vit_rpe.utils.checkpoint import read_checkpoint

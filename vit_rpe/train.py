@@ -19,15 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.build import build_run
 from vit_rpe.data import ImageDataModule
-from vit_rpe.utils.checkpoint import (
-    check_fits,
-    continue_csv_logs,
-    load_weights,
-    read_task_checkpoint,
-    resume_config,
-    uncompiled,
-)
+from vit_rpe.utils.checkpoint import check_fits, load_weights, read_task_checkpoint, uncompiled
+from vit_rpe.utils.csv_log import continue_csv_logs
 from vit_rpe.utils.errors import CheckpointError
+from vit_rpe.utils.resume import resume_config
 from vit_rpe.utils.run import (
     CONF_DIR,
     in_multirun,

@@ -1,67 +1,25 @@
-"""Callbacks that make a run safe to stop and to resume: nothing the user had is lost.
+"""``last.ckpt`` is the end of the latest epoch, and a stop by signal saves it and says how to resume.
 
-- ``NonFiniteLossGuard``: a NaN/inf loss stops training before it reaches the weights, and
-  no checkpoint is written with them.
-- ``LastCheckpoint``: ``last.ckpt`` is the end of the latest epoch, and SIGINT (Ctrl+C) or
-  SIGTERM (SLURM, Kubernetes) saves it at the next batch boundary and exits;
-  ``resume_dir=<run dir>`` continues from it.
-- ``StepSeed``: every random draw of a training step (dropout, augmentation) comes from
-  (seed, rank, step), so a resumed run draws what an uninterrupted one would have, and each
-  rank of a distributed job draws differently.
+SIGINT (Ctrl+C) or SIGTERM (SLURM, Kubernetes) saves it at the next batch boundary and exits;
+``resume_dir=<run dir>`` continues from it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from vit_rpe.utils.errors import UserError
 
 log = logging.getLogger("vit_rpe.callbacks")
 
 # Exit statuses of a process stopped by a signal, as shells report them (128 + signal number).
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
-
-
-class NonFiniteLossError(UserError):
-    """Training diverged: the loss is NaN or infinite."""
-
-
-class NonFiniteLossGuard(L.Callback):
-    """Stop on a non-finite training loss before backward, so the weights are never touched.
-
-    The check runs before ``backward``: no NaN gradient reaches the optimizer, and since the
-    run stops with an error, no checkpoint callback writes ``last.ckpt`` afterwards; the last
-    good checkpoint stays what it was. In a distributed job the ranks agree (one all-reduce of
-    a flag per step), so all of them stop together instead of hanging in a collective.
-    """
-
-    def on_before_backward(self, trainer: L.Trainer, pl_module, loss: torch.Tensor) -> None:
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if trainer.world_size > 1:
-            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
-            return
-        checkpoint = trainer.checkpoint_callback
-        last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint and checkpoint.dirpath else None
-        kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was saved"
-        batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
-        raise NonFiniteLossError(
-            f"the training loss is {loss.detach().float().mean().item()} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}, batch {batch}); training stopped and {kept}. "
-            "Lower model.optimizer.lr, keep trainer.gradient_clip_val set, or trainer.precision=32-true"
-        )
 
 
 class LastCheckpoint(L.Callback):
@@ -175,46 +133,3 @@ def reduce_epoch_metrics(trainer: L.Trainer) -> None:
     EarlyStopping read them first too.)
     """
     _ = trainer.callback_metrics
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, with no collisions in practice (unlike seed + rank + step)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-class StepSeed(L.Callback):
-    """Seed torch, numpy, random and the datamodule's augmentation generator before every batch.
-
-    The seed is a function of (seed, global rank, epoch, batch index), so the draws of a batch
-    do not depend on what ran before it in this process: a run resumed from a checkpoint (at an
-    epoch boundary or mid-epoch) draws the same dropout masks and augmentations as one that never
-    stopped, and the ranks of a distributed job draw differently from each other. Augmentation
-    runs when the batch is moved to the device, before ``on_train_batch_start``, so the seed for
-    batch ``b + 1`` is set at the end of batch ``b`` (and at the start of an epoch or a run).
-    """
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def reseed(self, trainer: L.Trainer, batch_idx: int) -> None:
-        step_seed = derived_seed(self.seed, trainer.global_rank, trainer.current_epoch, batch_idx)
-        torch.manual_seed(step_seed)
-        random.seed(step_seed)
-        np.random.seed(step_seed % 2**32)
-        transform = getattr(trainer.datamodule, "transform", None)
-        generator = getattr(transform, "generator", None)
-        if generator is not None:
-            generator.manual_seed(step_seed)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        # A run resumed mid-epoch continues after the last batch processed. (Not ``completed``:
-        # a checkpoint saved in on_train_batch_end counts its batch as completed only on resume,
-        # after this hook.)
-        self.reseed(trainer, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        self.reseed(trainer, 0)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.reseed(trainer, batch_idx + 1)

@@ -1,0 +1,81 @@
+"""``resume_dir=<run dir>``: continue a run in its own directory with its saved config.
+
+The saved ``config.yaml`` says what the run was; this command's ``key=value`` overrides change it
+(``trainer.max_epochs=20`` trains on); switching a config group is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vit_rpe.utils.errors import CheckpointError, ConfigError
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """``resume_dir=<run dir>``: the run's saved config, with this command's key=value overrides.
+
+    The saved ``config.yaml`` says what the run was (model, data, trainer, seed); overrides given
+    with ``resume_dir`` change it (``trainer.max_epochs=20`` trains on). Config groups
+    (``model=...``) cannot be switched on a run that already has weights of one model.
+    """
+    resume_dir = cfg.get("resume_dir")
+    if not resume_dir:
+        return cfg
+    run_dir = Path(resume_dir)
+    saved_path = run_dir / "config.yaml"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"resume_dir={resume_dir} is not a directory: give the run directory to resume")
+    if not saved_path.is_file():
+        raise CheckpointError(f"resume_dir={resume_dir} has no config.yaml: not a training run directory")
+    if not last.is_file() and not cfg.get("ckpt_path"):
+        raise CheckpointError(
+            f"{last} does not exist: the run saved no checkpoint to resume from (it stopped before its "
+            "first epoch ended, or ran with callbacks.model_checkpoint=null); start a new run"
+        )
+    text = saved_path.read_text()
+    saved = OmegaConf.create(text)
+    old_dir = str(saved.paths.output_dir)
+    if Path(old_dir).resolve() != run_dir.resolve():  # the run directory was moved or copied
+        saved = OmegaConf.create(text.replace(old_dir, str(run_dir)))
+    apply_overrides(saved, task_overrides(), saved_path)
+    saved.paths.output_dir = str(run_dir)
+    saved.resume_dir = str(run_dir)
+    saved.ckpt_path = cfg.get("ckpt_path") or "last"
+    return saved
+
+
+def task_overrides() -> list[str]:
+    """This command line's overrides (not hydra.*), when Hydra composed the config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def apply_overrides(saved: DictConfig, overrides: Iterable[str], saved_path: Path) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key in ("resume_dir", "ckpt_path") or key.startswith("hydra."):
+            continue
+        value = override.value()
+        if "." not in key and isinstance(value, str) and isinstance(saved.get(key), DictConfig):
+            groups.append(override.input_line)
+            continue
+        if override.is_delete():
+            OmegaConf.update(saved, key, None, force_add=True)
+            continue
+        OmegaConf.update(saved, key, value, merge=False, force_add=True)
+    if groups:
+        raise ConfigError(
+            f"resume_dir continues the run with its saved config ({saved_path}); config groups cannot be "
+            f"switched when resuming: drop {' '.join(groups)} (key=value overrides such as "
+            "trainer.max_epochs=20 are applied), or start a new run"
+        )
