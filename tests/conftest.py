@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -63,6 +64,24 @@ def compose_config(config_name: str, overrides, output_dir: Path, conf_dir: Path
         cfg.paths.log_dir = str(output_dir.parent)
         del cfg.hydra
     return cfg
+
+
+def run_train_main(*args: str, monkeypatch) -> int:
+    """The CLI's Hydra main in this process: ``python -m vit_rpe.train ARGS`` less the Python
+    start-up, which on two busy cores is most of a small sweep's time. Returns the exit code."""
+    from vit_rpe.train import main
+
+    monkeypatch.setattr(sys, "argv", ["vit_rpe/train.py", *args])
+    # Find conf/ beside the file, as `python -m vit_rpe.train` does (an imported main looks for a module).
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
+    GlobalHydra.instance().clear()
+    try:
+        main()
+    except SystemExit as exit_info:
+        return exit_info.code or 0
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
 
 
 @pytest.fixture

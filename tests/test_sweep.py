@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, compose_config, run_train_main
 from vit_rpe.train import train
 from vit_rpe.utils.run import in_multirun, run_job
 
@@ -48,24 +47,6 @@ def run_train_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> s
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-5000:])
     return done
-
-
-def run_train_main(*args: str, monkeypatch) -> int:
-    """The CLI's Hydra main in this process: ``python -m vit_rpe.train ARGS`` less the Python
-    start-up, which on two busy cores is most of a small sweep's time. Returns the exit code."""
-    from vit_rpe.train import main
-
-    monkeypatch.setattr(sys, "argv", ["vit_rpe/train.py", *args])
-    # Find conf/ beside the file, as `python -m vit_rpe.train` does (an imported main looks for a module).
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-    GlobalHydra.instance().clear()
-    try:
-        main()
-    except SystemExit as exit_info:
-        return exit_info.code or 0
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
 
 
 def read_report(path: Path) -> list[dict[str, str]]:

@@ -6,6 +6,7 @@ main around it only composes the config and returns the metric a sweeper optimis
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from vit_rpe.data import ImageDataModule
 from vit_rpe.utils.checkpoint import check_fits, load_weights, read_task_checkpoint, uncompiled
 from vit_rpe.utils.csv_log import continue_csv_logs
 from vit_rpe.utils.errors import CheckpointError
-from vit_rpe.utils.resume import resume_config
+from vit_rpe.utils.resume import finished_metrics, nothing_to_do_message, resume_config
 from vit_rpe.utils.run import (
     CONF_DIR,
     in_multirun,
@@ -31,6 +32,7 @@ from vit_rpe.utils.run import (
     print_config_tree,
     print_metrics,
     run_job,
+    save_hydra_files,
     to_float,
     write_metrics,
 )
@@ -57,20 +59,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
+    composed = copy.deepcopy(cfg)  # Hydra's record of the job, written once the run is accepted
     cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
+    if (finished := finished_metrics(cfg)) is not None:  # and leave every file of it as it is
+        print(nothing_to_do_message(finished, cfg))
+        return finished
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
     resumed = read_task_checkpoint(ckpt_path) if ckpt_path else None
     datamodule, model = build_run(cfg, resuming=resumed)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-
+    if resumed is not None:  # fail before training on a checkpoint of another model
+        check_fits(model, resumed, ckpt_path)
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if resumed is not None:  # fail before training on a checkpoint of another model; keep the CSV log going
-        check_fits(model, resumed, ckpt_path)
+
+    # Every check passed: from here on the run directory is written.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        if not cfg.get("resume_dir"):  # a resumed run keeps the record of how it was started
+            save_hydra_files(composed, output_dir)
+    if resumed is not None:  # keep the CSV log going
         continue_csv_logs(loggers, int(resumed.get("global_step", 0)))
         del resumed  # Lightning reads it again, with the optimizer and loop states
     for logger in loggers:

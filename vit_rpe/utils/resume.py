@@ -1,14 +1,19 @@
 """``resume_dir=<run dir>``: continue a run in its own directory with its saved config.
 
 The saved ``config.yaml`` says what the run was; this command's ``key=value`` overrides change it
-(``trainer.max_epochs=20`` trains on); switching a config group is refused before anything is written.
+(``trainer.max_epochs=20`` trains on); switching a config group is refused before anything is written,
+and a run that already finished is left as it is.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.utils.errors import CheckpointError, ConfigError
@@ -79,3 +84,53 @@ def apply_overrides(saved: DictConfig, overrides: Iterable[str], saved_path: Pat
             f"switched when resuming: drop {' '.join(groups)} (key=value overrides such as "
             "trainer.max_epochs=20 are applied), or start a new run"
         )
+
+
+def finished_metrics(cfg: DictConfig) -> dict[str, Any] | None:
+    """The saved metrics of a resumed run with nothing left to do, else None.
+
+    A run is finished when its ``metrics.json`` holds its results (not a failure record) and its
+    ``last.ckpt`` is no later than them (a run resumed to train further and stopped again is not),
+    whether it ran all its epochs or stopped early. It has nothing left to do unless this command
+    raises ``trainer.max_epochs`` above the run's.
+    """
+    if not cfg.get("resume_dir"):
+        return None
+    run_dir = Path(cfg.resume_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    if not metrics or metrics.get("status") == "failed" or "epochs" not in metrics:
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file() and checkpoint_epoch(last) >= int(metrics["epochs"]):
+        return None
+    saved = OmegaConf.create((run_dir / "config.yaml").read_text())
+    planned, requested = epoch_limit(saved), epoch_limit(cfg)
+    return metrics if requested <= planned else None
+
+
+def epoch_limit(cfg: DictConfig) -> float:
+    """trainer.max_epochs, where None or -1 (Lightning's "no limit") is infinite."""
+    value = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    return math.inf if value is None or int(value) < 0 else int(value)
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a Lightning checkpoint was saved in (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def nothing_to_do_message(metrics: dict[str, Any], cfg: DictConfig) -> str:
+    epochs = int(metrics["epochs"])
+    return (
+        f"this run already finished (metrics.json, {epochs} epoch{'s' if epochs != 1 else ''}): nothing to "
+        "do; to train "
+        f"further, resume with a larger trainer.max_epochs (this run's is {cfg.trainer.max_epochs})"
+    )

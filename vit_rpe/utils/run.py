@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -102,15 +103,21 @@ def user_error_of(err: BaseException) -> UserError | None:
 
 
 def exit_on_user_error(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``job``; a mistake the user can fix ends the process with its message, no traceback."""
+    """Run ``job``; a mistake the user can fix ends the process with its message, no traceback.
+
+    The message goes to stderr only: a refused command writes nothing into a run directory (not
+    even its log), and the directory Hydra made for a refused new run is removed while empty.
+    """
     try:
         return job(cfg)
     except Exception as err:
         user_error = user_error_of(err)
         if user_error is None:
             raise
-        log.error("%s", user_error)
         print(f"error: {user_error}", file=sys.stderr)
+        if HydraConfig.initialized():
+            with contextlib.suppress(OSError):  # only an empty directory: never a run's files
+                Path(HydraConfig.get().runtime.output_dir).rmdir()
         raise SystemExit(1) from None
 
 
@@ -119,10 +126,27 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def record_failure(err: BaseException, output_dir: Path) -> str:
-    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report;
-    returns the one-line summary."""
+def save_hydra_files(task_cfg: DictConfig, output_dir: Path) -> None:
+    """Hydra's record of the job in ``<output_dir>/.hydra`` (config, hydra and overrides.yaml), as
+    Hydra writes it at job start. train.yaml sets ``hydra.output_subdir`` to null and train() calls
+    this once the run is accepted, so that a refused command writes nothing into a run directory."""
+    if not HydraConfig.initialized():
+        return
+    folder = output_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.instance().cfg
+    parts = {"config": task_cfg, "hydra": hydra_cfg, "overrides": hydra_cfg.hydra.overrides.task}
+    for name, part in parts.items():
+        (folder / f"{name}.yaml").write_text(OmegaConf.to_yaml(part), encoding="utf-8")
+
+
+def record_failure(err: BaseException, output_dir: Path, cfg: DictConfig | None = None) -> str:
+    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report
+    (with Hydra's record of the job, which names the failed job's overrides); returns the one-line
+    summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg is not None and not (output_dir / ".hydra").is_dir():
+        save_hydra_files(cfg, output_dir)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     (output_dir / "error.txt").write_text(text)
     cause = user_error_of(err) or err
@@ -160,7 +184,7 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not multirun:
             raise
         output_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = record_failure(err, output_dir)
+        summary = record_failure(err, output_dir, cfg)
         log.error("job failed, the sweep goes on: %s (traceback in %s)", summary, output_dir / "error.txt")
         return None
     finish_wandb()
