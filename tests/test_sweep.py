@@ -54,10 +54,15 @@ def read_report(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+def test_a_failed_job_is_recorded_the_sweep_goes_on_and_exits_with_the_failures(
+    tmp_path, monkeypatch, capsys
+):
     sweep = tmp_path / "sweep"
     args = ("-m", "model.net.patch_size=3,2", *SWEEP_FAST, f"hydra.sweep.dir={sweep}")
-    assert run_train_main(*args, monkeypatch=monkeypatch) == 0, "a failed job must not end the sweep"
+    assert run_train_main(*args, monkeypatch=monkeypatch) == 1, "the exit status counts the failed jobs"
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith(f"sweep {sweep}: 1 of 2 jobs failed: 0 (model.net.patch_size=3")
+    assert "ConfigError: patch_size 3 does not divide" in summary
 
     failed, completed = sweep / "0", sweep / "1"
     record = json.loads((failed / "metrics.json").read_text())
@@ -80,7 +85,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert float(rows[1]["val_acc_best"]) == pytest.approx(job["val/acc_best"])
 
 
-def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatch):
+def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatch, capsys):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
     sweep = tmp_path / "search"
     code = run_train_main(
@@ -91,7 +96,8 @@ def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatc
         f"hydra.sweep.dir={sweep}",
         monkeypatch=monkeypatch,
     )
-    assert code == 0
+    assert code == 0  # no trial failed
+    assert "3 jobs, none failed" in capsys.readouterr().out
     trials = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
     assert [p.name for p in trials] == ["0", "1", "2"]
 

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.build import build_run
+from vit_rpe.callbacks.last_checkpoint import exit_status_on_sigterm
 from vit_rpe.data import ImageDataModule
 from vit_rpe.utils.checkpoint import check_fits, load_weights, read_task_checkpoint, uncompiled
 from vit_rpe.utils.csv_log import continue_csv_logs
@@ -86,7 +87,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with exit_status_on_sigterm():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
     run_keys = [k for k in fit_metrics if k.startswith("run/")]  # the classifier's on_fit_end
     run_stats = {k.removeprefix("run/"): fit_metrics.pop(k) for k in run_keys}
@@ -98,7 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = best_checkpoint(trainer)
         if not best:
             log.warning("no best checkpoint: testing the weights the model has now")
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        with exit_status_on_sigterm():
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
         test_metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
 
     exported = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +31,36 @@ class LastCheckpoint(L.Callback):
     instead (ModelCheckpoint keeps the best ones). It writes at the end of every training epoch,
     to a temporary file renamed into place, so a kill during the write leaves the previous one.
 
-    Signals: Lightning turns SIGTERM into a flag (broadcast from rank 0) and stops at the next
-    batch boundary; this callback treats SIGINT (Ctrl+C) the same way (a second Ctrl+C interrupts
-    at once), writes the checkpoint at that boundary, and ends the process with 128 + signal.
-    The checkpoint holds Lightning's loop state, so a mid-epoch checkpoint resumes mid-epoch.
+    Signals: Lightning turns SIGTERM into a flag (broadcast from rank 0); this callback treats
+    SIGINT (Ctrl+C) the same way (a second Ctrl+C interrupts at once). Wherever the signal lands,
+    the run stops at the next hook of this callback (a training or validation batch, the epoch's
+    end, the end of fit, a test batch), writes the checkpoint if training has moved on since the
+    last one, says how to resume, and ends the process with 128 + signal. The checkpoint holds
+    Lightning's loop state, so a mid-epoch (or mid-validation) checkpoint resumes there.
+    Lightning's own stop on SIGTERM (``SIGTERMException``, a SystemExit with status 0) gets the
+    same checkpoint here and its status from ``exit_status_on_sigterm``.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename
         self._sigint = False
         self._previous_handler: Any = None
+        self._saved_step: int | None = None
 
+    # Not on_fit_start: Lightning saves the handlers after it and puts them back at teardown.
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Not on_fit_start: Lightning saves the handlers after it and puts them back at teardown.
+        self._catch_sigint()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._catch_sigint()
+
+    def _catch_sigint(self) -> None:
         self._sigint = False
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum, frame) -> None:
-        log.warning("interrupted: saving a checkpoint after this batch (Ctrl+C again to stop at once)")
+        log.warning("interrupted: stopping after this batch (Ctrl+C again to stop at once)")
         self._sigint = True
         self._restore_handler()
 
@@ -63,42 +75,99 @@ class LastCheckpoint(L.Callback):
         if trainer.is_global_zero:
             tmp.replace(self.path)
         trainer.strategy.barrier("last_checkpoint")
+        self._saved_step = trainer.global_step
+
+    def stop_status(self, trainer: L.Trainer) -> int | None:
+        """128 + signal when a stop was asked for (on any rank, for SIGINT), else None."""
+        sigint = self._sigint
+        if trainer.world_size > 1:
+            sigint = trainer.strategy.reduce_boolean_decision(sigint, all=False)
+        if sigint:
+            return EXIT_SIGINT
+        return EXIT_SIGTERM if trainer.received_sigterm else None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if status := self.stop_status(trainer):
+            log_step_metrics(trainer)  # the resumed run starts at the next batch
+            self.save(trainer)  # also between the steps of an accumulated batch
+            self.stop(trainer, status)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if status := self.stop_status(trainer):
+            self.stop(trainer, status)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if not trainer.fast_dev_run:  # debug=fdr checkpoints nothing
             reduce_epoch_metrics(trainer)
             self.save(trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        sigint = self._sigint
-        if trainer.world_size > 1:
-            sigint = trainer.strategy.reduce_boolean_decision(sigint, all=False)
-        if sigint or trainer.received_sigterm:
-            self.save_and_exit(trainer, EXIT_SIGINT if sigint else EXIT_SIGTERM)
-
-    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        # SIGTERM during validation: Lightning stops there, and the weights are consistent.
-        if isinstance(exception, SIGTERMException):
-            self.save(trainer)
-        self._restore_handler()
+        if status := self.stop_status(trainer):
+            self.stop(trainer, status)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         self._restore_handler()
+        if status := self.stop_status(trainer):  # a signal after the last epoch's end: no test
+            self.stop(trainer, status)
 
-    def save_and_exit(self, trainer: L.Trainer, status: int) -> None:
-        log_step_metrics(trainer)  # the resumed run starts at the next batch
-        self.save(trainer)
-        if trainer.is_global_zero:
-            log.warning(
-                "stopped at step %d (epoch %d); checkpoint saved to %s. Resume with: "
-                "python -m vit_rpe.train resume_dir=%s",
-                trainer.global_step,
-                trainer.current_epoch,
-                self.path,
-                self.path.parent.parent,
-            )
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if status := self.stop_status(trainer):
+            self.stop(trainer, status)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        # Lightning's own stop on SIGTERM, at a point this callback's hooks did not see.
+        if isinstance(exception, SIGTERMException):
+            self.save_if_moved_on(trainer)
+            self.say_how_to_resume(trainer)
+        self._restore_handler()
+
+    def save_if_moved_on(self, trainer: L.Trainer) -> None:
+        """Save while fitting, unless ``last.ckpt`` already holds this step (the epoch's end)."""
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+        if fitting and trainer.global_step != self._saved_step:
+            self.save(trainer)
+
+    def stop(self, trainer: L.Trainer, status: int) -> None:
+        self.save_if_moved_on(trainer)
+        self.say_how_to_resume(trainer)
         self._restore_handler()
         raise SystemExit(status)
+
+    def say_how_to_resume(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        if not self.path.is_file():
+            log.warning(
+                "stopped before the first checkpoint (%s): nothing to resume, start the run again", self.path
+            )
+            return
+        log.warning(
+            "stopped at step %d (epoch %d, while %s); last checkpoint: %s. Resume with: "
+            "python -m vit_rpe.train resume_dir=%s",
+            trainer.global_step,
+            trainer.current_epoch,
+            "testing"
+            if trainer.testing
+            else "validating"
+            if trainer.validating or trainer.sanity_checking
+            else "training",
+            self.path,
+            self.path.parent.parent,
+        )
+
+
+@contextmanager
+def exit_status_on_sigterm():
+    """Lightning ends a run stopped by SIGTERM with ``SIGTERMException``, a SystemExit with status
+    0: to a scheduler (SLURM) a success. A stop by signal is not one: 128 + SIGTERM."""
+    try:
+        yield
+    except SIGTERMException:
+        log.warning("stopped by SIGTERM")
+        raise SystemExit(EXIT_SIGTERM) from None
 
 
 def log_step_metrics(trainer: L.Trainer) -> None:
