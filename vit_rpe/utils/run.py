@@ -115,9 +115,12 @@ def exit_on_user_error(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
-        if HydraConfig.initialized():
+        output_dir = (
+            OmegaConf.select(HydraConfig.get(), "runtime.output_dir") if HydraConfig.initialized() else None
+        )
+        if output_dir:
             with contextlib.suppress(OSError):  # only an empty directory: never a run's files
-                Path(HydraConfig.get().runtime.output_dir).rmdir()
+                Path(output_dir).rmdir()
         raise SystemExit(1) from None
 
 
