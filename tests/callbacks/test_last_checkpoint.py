@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 from omegaconf import open_dict
 
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, compose_config, run_train_main
 from vit_rpe.callbacks.last_checkpoint import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.train import train
 
@@ -82,3 +82,16 @@ def test_a_stop_by_signal_exits_non_zero_says_how_to_resume_and_resumes(tmp_path
     resumed = train(compose_config("train", [f"resume_dir={run_dir}", "+callbacks.fault=null"], run_dir))
     assert resumed["epochs"] == 2 and "test/acc" in resumed
     assert json.loads((Path(run_dir) / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_the_command_line_exits_143_on_sigterm_at_an_epoch_end(tmp_path, monkeypatch):
+    """Through Hydra's main, as SLURM sees it: Lightning's stop at the last epoch's end (the case
+    that exited 0 with no results) is status 143 with the resume command."""
+    run_dir = tmp_path / "run"
+    fault = f"{{_target_:{__name__}.SignalAt,hook:epoch end,signum:{int(signal.SIGTERM)},epoch:1}}"
+    code = run_train_main(
+        *RUN, f"+callbacks.fault={fault}", f"hydra.run.dir={run_dir}", monkeypatch=monkeypatch
+    )
+    assert code == EXIT_SIGTERM
+    assert f"Resume with: python -m vit_rpe.train resume_dir={run_dir}" in (run_dir / "train.log").read_text()
+    assert not (run_dir / "metrics.json").exists()
