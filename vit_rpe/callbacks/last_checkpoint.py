@@ -78,13 +78,15 @@ class LastCheckpoint(L.Callback):
         self._saved_step = trainer.global_step
 
     def stop_status(self, trainer: L.Trainer) -> int | None:
-        """128 + signal when a stop was asked for (on any rank, for SIGINT), else None."""
-        sigint = self._sigint
+        """128 + signal when a stop was asked for, on any rank (all ranks agree, so that they stop
+        at the same hook instead of one waiting for the others in a collective), else None."""
+        sigint, sigterm = self._sigint, trainer.received_sigterm
         if trainer.world_size > 1:
             sigint = trainer.strategy.reduce_boolean_decision(sigint, all=False)
+            sigterm = trainer.strategy.reduce_boolean_decision(sigterm, all=False)
         if sigint:
             return EXIT_SIGINT
-        return EXIT_SIGTERM if trainer.received_sigterm else None
+        return EXIT_SIGTERM if sigterm else None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if status := self.stop_status(trainer):
