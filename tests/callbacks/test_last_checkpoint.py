@@ -61,8 +61,9 @@ HOOKS = ["training batch", "epoch end", "validation", "checkpoint save", "test"]
 def test_a_stop_by_signal_exits_non_zero_says_how_to_resume_and_resumes(tmp_path, caplog, hook, signum):
     run_dir = tmp_path / "run"
     cfg = compose_config("train", RUN, run_dir)
-    # the last epoch's end: no batch follows to stop at; testing restores the best epoch's counters
-    epoch = {"epoch end": 1, "test": None}.get(hook, 0)
+    # The last epoch's end: no batch follows to stop at. Validation: in epoch 1, after the first
+    # checkpoint (validation saves none). Testing restores the best epoch's counters.
+    epoch = {"epoch end": 1, "validation": 1, "test": None}.get(hook, 0)
     with open_dict(cfg):
         cfg.callbacks["fault"] = {
             "_target_": f"{__name__}.SignalAt",

@@ -35,8 +35,9 @@ class LastCheckpoint(L.Callback):
     SIGINT (Ctrl+C) the same way (a second Ctrl+C interrupts at once). Wherever the signal lands,
     the run stops at the next hook of this callback (a training or validation batch, the epoch's
     end, the end of fit, a test batch), writes the checkpoint if training has moved on since the
-    last one, says how to resume, and ends the process with 128 + signal. The checkpoint holds
-    Lightning's loop state, so a mid-epoch (or mid-validation) checkpoint resumes there.
+    last one (not in validation: see ``save_if_moved_on``), says how to resume, and ends the
+    process with 128 + signal. The checkpoint holds Lightning's loop state, so a mid-epoch
+    checkpoint resumes mid-epoch.
     Lightning's own stop on SIGTERM (``SIGTERMException``, a SystemExit with status 0) gets the
     same checkpoint here and its status from ``exit_status_on_sigterm``.
     """
@@ -127,8 +128,13 @@ class LastCheckpoint(L.Callback):
         self._restore_handler()
 
     def save_if_moved_on(self, trainer: L.Trainer) -> None:
-        """Save while fitting, unless ``last.ckpt`` already holds this step (the epoch's end)."""
-        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+        """Save while training, unless ``last.ckpt`` already holds this step (the epoch's end).
+
+        Not during validation: the module may hold weights swapped in for it (an EMA average), and
+        the last checkpoint (this epoch's start or a batch of it) resumes exactly all the same.
+        """
+        evaluating = trainer.validating or trainer.sanity_checking or trainer.testing
+        fitting = trainer.state.fn == "fit" and not evaluating and not trainer.fast_dev_run
         if fitting and trainer.global_step != self._saved_step:
             self.save(trainer)
 
