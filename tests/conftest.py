@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -75,12 +76,18 @@ def run_train_main(*args: str, monkeypatch) -> int:
     # Find conf/ beside the file, as `python -m vit_rpe.train` does (an imported main looks for a module).
     monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
     GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         main()
     except SystemExit as exit_info:
         return exit_info.code or 0
     finally:
         GlobalHydra.instance().clear()
+        for handler in root.handlers:  # the job's logging, as at the end of a process
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
     return 0
 
 
