@@ -45,6 +45,17 @@ FAST = (
 LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.net.pool=mean")
 
 
+class Crash(L.Callback):
+    """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
 def quiet_trainer(tmp_path: Path, **options) -> L.Trainer:
     """A CPU Trainer that logs, checkpoints and prints nothing unless ``options`` say so."""
     quiet = dict(

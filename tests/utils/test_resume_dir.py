@@ -7,7 +7,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 
 from tests.conftest import FAST, run_train_main
@@ -22,17 +21,6 @@ def digests(run_dir: Path) -> dict[str, str]:
         for p in sorted(run_dir.rglob("*"))
         if p.is_file()
     }
-
-
-class CrashAtEpoch(L.Callback):
-    """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 @pytest.fixture
@@ -68,7 +56,7 @@ def test_resuming_a_finished_run_does_nothing_and_changes_no_file(
 def test_a_finished_run_trains_on_with_more_epochs_also_after_a_second_stop(finished, monkeypatch):
     """max_epochs=3 trains on; killed in epoch 2, the old metrics.json (1 epoch) does not make the
     run look finished: resumed again, it ends at 3 epochs."""
-    fault = f"+callbacks.fault={{_target_:{__name__}.CrashAtEpoch,epoch:2}}"
+    fault = "+callbacks.fault={_target_:tests.conftest.Crash,epoch:2}"
     code = run_train_main(f"resume_dir={finished}", "trainer.max_epochs=3", fault, monkeypatch=monkeypatch)
     assert code == 1
     assert json.loads((finished / "metrics.json").read_text())["epochs"] == 1  # the first run's
