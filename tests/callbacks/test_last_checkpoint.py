@@ -96,3 +96,17 @@ def test_the_command_line_exits_143_on_sigterm_at_an_epoch_end(tmp_path, monkeyp
     assert code == EXIT_SIGTERM
     assert f"Resume with: python -m vit_rpe.train resume_dir={run_dir}" in (run_dir / "train.log").read_text()
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_stop_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    cfg = compose_config("train", RUN, run_dir)
+    fault = {"_target_": f"{__name__}.SignalAt", "hook": "validation", "signum": signal.SIGTERM, "epoch": 0}
+    with open_dict(cfg):
+        cfg.callbacks["fault"] = fault
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stopped:
+        train(cfg)
+    assert stopped.value.code == EXIT_SIGTERM
+    assert "stopped before the first checkpoint" in caplog.text and "nothing to resume" in caplog.text
+    assert "Resume with" not in caplog.text
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
