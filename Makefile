@@ -17,7 +17,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv from uv.lock (idempotent); EXTRAS="--extra dev --extra sweep" for more
+install: $(STAMP) ## create .venv from uv.lock (idempotent): the dev extra, which has sweep; slurm: see README
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen $(EXTRAS)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# Real MNIST files, for the tests that use them (skipped without): ../shared/data/mnist or $VIT_RPE_MNIST.
+SHARED_MNIST = Path(os.environ.get("VIT_RPE_MNIST") or ROOT.parent / "shared" / "data" / "mnist")
 
 # One thread per test process: tests run in parallel (pytest-xdist) on small machines.
 torch.set_num_threads(1)
@@ -117,7 +118,7 @@ def train_config(tmp_path):
 def real_mnist_folder(tmp_path_factory):
     """Real MNIST digits in the real format: train = first 8,000 test images, test = the other 2,000."""
     if not SHARED_MNIST.is_dir():
-        pytest.skip("../shared/data/mnist is not here")
+        pytest.skip(f"{SHARED_MNIST} is not here (set VIT_RPE_MNIST to a folder of the MNIST files)")
     from vit_rpe.data.mnist_subset import write_test_split
 
     return write_test_split(SHARED_MNIST, tmp_path_factory.mktemp("mnist"), train=8000)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import FAST, ROOT, compose_config
+from vit_rpe.data.synthetic import write_image_folder
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
 from vit_rpe.utils.errors import CheckpointError, ConfigError, DataError, UserError
@@ -54,7 +56,21 @@ def bad_files(root: Path, run_dir: Path) -> dict[str, Path]:
     no_ckpt = root / "no_ckpt"
     no_ckpt.mkdir(exist_ok=True)
     (no_ckpt / "config.yaml").write_text((run_dir / "config.yaml").read_text())
-    return {"corrupt": corrupt, "plain": plain, "code": code, "empty": empty, "no_ckpt": no_ckpt}
+    png = root / "photo.png"
+    Image.new("RGB", (8, 8)).save(png)
+    one_class = write_image_folder(root / "one_class", classes=("cat",), per_class=4)
+    empty_class = write_image_folder(root / "empty_class", classes=("cat", "dog"), per_class=4)
+    (empty_class / "fox").mkdir()
+    return {
+        "corrupt": corrupt,
+        "plain": plain,
+        "code": code,
+        "empty": empty,
+        "no_ckpt": no_ckpt,
+        "png": png,
+        "one_class": one_class,
+        "empty_class": empty_class,
+    }
 
 
 # id, overrides ({run}: the finished run, {name}: a file from bad_files), error type, message part
@@ -76,6 +92,18 @@ TRAIN_ROWS = [
     ),
     ("unknown-attention", ["model.net.attention=nope"], ConfigError, "unknown attention 'nope'"),
     ("ema-decay-outside", ["model.ema_decay=1.5"], ConfigError, "model.ema_decay=1.5 must be in (0, 1)"),
+    (
+        "attention-not-importable",
+        ["model.net.attention=no_such_module:MyAttention"],
+        ConfigError,
+        "model.net.attention='no_such_module:MyAttention': cannot import it",
+    ),
+    (
+        "attention-not-a-kernel",
+        ["model.net.attention=torch.nn:Linear"],
+        ConfigError,
+        "is not a subclass of vit_rpe.models.attention.AttentionKernel",
+    ),
     (
         "unknown-rpe-impl",
         ["rpe=general", "model.net.rpe_kwargs.impl=bogus"],
@@ -139,10 +167,68 @@ TRAIN_ROWS = [
         "rpe=exp works with the from-scratch ViT only",
     ),
     (
+        "pretrained-with-rope",
+        ["experiment=quickstart", "model=timm_vit", "rpe=rope"],
+        ConfigError,
+        "rpe=rope works with the from-scratch ViT only",
+    ),
+    (
+        "rope-head-dim",
+        ["rpe=rope", "model.net.embed_dim=12", "model.net.num_heads=2"],
+        ConfigError,
+        "rpe=rope needs a head dimension divisible by 4",
+    ),
+    (
         "pretrained-other-size",
         ["model=timm_vit", "model.net.depth=2"],
         ConfigError,
         "model.net.depth=2 make timm model vit_small_patch16_224 another size than its pretrained weights",
+    ),
+    (
+        "max-epochs-not-a-number",
+        ["trainer.max_epochs=abc"],
+        ConfigError,
+        "trainer.max_epochs='abc' is not a whole number",
+    ),
+    (
+        "max-epochs-no-limit",
+        ["trainer.max_epochs=-1"],
+        ConfigError,
+        "trainer.max_epochs=-1 (Lightning's 'no limit') is not supported",
+    ),
+    ("max-epochs-negative", ["trainer.max_epochs=-2"], ConfigError, "trainer.max_epochs=-2 trains nothing"),
+    ("max-epochs-zero", ["trainer.max_epochs=0"], ConfigError, "trainer.max_epochs=0 trains nothing"),
+    ("lr-not-positive", ["model.optimizer.lr=-1"], ConfigError, "model.optimizer.lr=-1 must be positive"),
+    ("num-workers-negative", ["data.num_workers=-1"], ConfigError, "data.num_workers=-1 must be 0"),
+    (
+        "batch-size-not-a-number",
+        ["data.batch_size=ten"],
+        ConfigError,
+        "data.batch_size='ten' is not a whole number",
+    ),
+    (
+        "image-size-zero",
+        ["data=image_folder", "data.data_dir={empty_class}", "data.image_size=0"],
+        ConfigError,
+        "data.image_size must be at least 1, got 0",
+    ),
+    (
+        "folder-one-class",
+        ["data=image_folder", "data.data_dir={one_class}"],
+        DataError,
+        "has one class folder (cat): a classifier needs at least two",
+    ),
+    (
+        "folder-empty-class",
+        ["data=image_folder", "data.data_dir={empty_class}", "data.image_size=16", "data.num_workers=0"],
+        DataError,
+        "class folders without images in",
+    ),
+    (
+        "rpe-impl-without-rpe",
+        ["rpe.impl=fft"],
+        ConfigError,
+        "rpe.impl=fft chooses how a relative position mask is applied, and rpe=none has no mask",
     ),
     (
         "timm-size-impossible",
@@ -193,6 +279,12 @@ EVAL_ROWS = [
         "was trained with image_size=8 but the data has image_size=16",
     ),
     (
+        "eval-ckpt-is-an-image",
+        ["ckpt_path={png}"],
+        CheckpointError,
+        "photo.png: it is a PNG image, not a checkpoint",
+    ),
+    (
         "eval-plain-state-dict",
         ["ckpt_path={plain}"],
         CheckpointError,
@@ -216,6 +308,7 @@ CLI_ROWS = {
     "cli-typo-in-key": (["trainer.max_epoch=3"], "Could not override 'trainer.max_epoch'"),
     "cli-unknown-option": (["model=vitt"], "Could not find 'model/vitt'"),
     "cli-user-error": (["data.batch_size=0"], "error: data.batch_size must be at least 1"),
+    "cli-bad-value": (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' is not a whole number"),
     "cli-optimized-metric-unknown": (
         [*(o for o in FAST if o != "trainer=cpu"), "optimized_metric=val/nope"],
         "error: optimized_metric='val/nope' is not among the metrics",
@@ -258,3 +351,32 @@ def test_cli_rejects(name, cli_results):
     if CLI_ROWS[name][1].startswith("error: "):  # ours: the message is the last line
         assert stderr.strip().splitlines()[-1].startswith(CLI_ROWS[name][1])
     assert "Traceback" not in stderr and "InstantiationException" not in stderr
+    message = CLI_ROWS[name][1].removeprefix("error: ")
+    assert (_stdout + stderr).count(message) == 1  # once, not also as a log line
+    if name in CHECKED_BEFORE_THE_TREE:
+        assert "── trainer" not in _stdout  # the config tree comes after the checks
+
+
+# Config values checked before the config tree is shown and anything heavy is imported.
+CHECKED_BEFORE_THE_TREE = ("cli-user-error", "cli-bad-value")
+
+
+def test_a_wrong_value_leaves_no_run_directory(tmp_path):
+    """Checked before Hydra makes the run directory: nothing to clean up, one line on stderr."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vit_rpe.train", "rpe.impl=fft", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: rpe.impl=fft chooses how a relative position mask is applied")
+    assert result.stdout == "" and not run_dir.exists()
+
+
+def test_entry_points_import_nothing_heavy():
+    """Option errors and ``--cfg job`` answer before lightning and torch are imported."""
+    code = (
+        "import sys, vit_rpe.train, vit_rpe.eval; "
+        "print(sorted(m for m in ('torch', 'lightning', 'timm', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -116,7 +116,7 @@ def test_a_study_runs_as_one_multirun_and_reports_its_seed_groups(tmp_path, monk
     arms = len(jobs) // 3
     assert len(rows) == arms and {row["n"] for row in rows} == {"3"} and {r["failed"] for r in rows} == {"0"}
     assert [row["label"] for row in rows] == [
-        f"model={m}, rpe={r}" for m in ("vit", "performer") for r in ("none", "exp")
+        f"model={m}, rpe={r}" for m in ("vit", "performer") for r in ("none", "exp", "rope")
     ]
     for row in rows:
         runs = [sweep / job for job in row["run"].split(";")]

@@ -147,9 +147,9 @@ def test_sweep_jobs_return_nothing_on_failure_single_runs_raise(tmp_path):
 
     cfg = set_hydra_mode("RUN", tmp_path / "single", "model.net.patch_size=3")
     assert not in_multirun()
-    with pytest.raises(SystemExit) as exit_info:  # a user error: clean exit 1, nothing recorded
+    with pytest.raises(SystemExit) as exit_info:  # a user error: clean exit 1, error.txt but no metrics
         run_job(train, cfg)
-    assert exit_info.value.code == 1 and not (tmp_path / "single" / "error.txt").exists()
+    assert exit_info.value.code == 1 and not (tmp_path / "single" / "metrics.json").exists()
     with pytest.raises(RuntimeError, match="a bug"):
         run_job(broken, cfg)
 

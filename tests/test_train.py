@@ -72,6 +72,32 @@ def test_mnist_from_real_idx_files(train_config, real_mnist_folder):
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
 
 
+@pytest.mark.parametrize(
+    "arm",
+    [
+        ("model=performer", "rpe=rope"),
+        ("model=linear", "rpe=rope"),
+        ("model=vit", "rpe=rope", "rpe.variant=mixed"),
+    ],
+    ids=["performer-rope", "linear-rope", "vit-rope-mixed"],
+)
+def test_rope_learns_real_mnist_with_every_kernel(arm, train_config, real_mnist_folder):
+    """2-D RoPE through the whole run, on the real IDX files, with each kernel: it learns."""
+    cfg = train_config(
+        *arm,
+        "data=mnist",
+        f"data.data_dir={real_mnist_folder}",
+        "data.val_size=1000",
+        "data.download=false",
+        *LEARNS,
+        "model.net.patch_size=14",  # a 2x2 grid, as test_mnist_from_real_idx_files
+        "model.net.patch_embed=linear",
+    )
+    metrics = train(cfg)
+    assert cfg.model.net.rpe == "rope"
+    assert metrics["test/acc"] > 0.3, metrics  # chance is 0.1 (measured 0.44, 0.47, 0.44)
+
+
 def test_learns_digits(train_config):
     """A short run of the quickstart recipe clears 90% test accuracy."""
     cfg = train_config(
@@ -115,6 +141,7 @@ def test_data_metadata_must_agree(train_config):
 
 
 def test_cli_runs_and_prints_where_the_run_is(tmp_path):
+    """...and logs to one run.log, also with another task_name (quickstart) and once resumed."""
     run_dir = tmp_path / "cli-run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -122,6 +149,7 @@ def test_cli_runs_and_prints_where_the_run_is(tmp_path):
         "-m",
         "vit_rpe.train",
         f"hydra.run.dir={run_dir}",
+        "experiment=quickstart",
         "trainer=cpu",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
@@ -135,6 +163,14 @@ def test_cli_runs_and_prints_where_the_run_is(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run directory: {run_dir}" in result.stdout + result.stderr
     assert (run_dir / "metrics.json").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
+    first = (run_dir / "run.log").read_text()
+    resume = [sys.executable, "-m", "vit_rpe.train", f"resume_dir={run_dir}", "trainer.max_epochs=2"]
+    result = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
+    log = (run_dir / "run.log").read_text()
+    assert log.startswith(first) and len(log) > len(first)  # the resumed run appended
 
 
 def test_cli_unknown_option_lists_the_choices(tmp_path):

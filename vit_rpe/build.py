@@ -50,9 +50,7 @@ def build_run(
         rpe = cfg.get("rpe") or {}
         check_backbone_config(model_cfg.net, rpe.get("family"))
     else:
-        saved = {"_target_": target_of(ImageClassifier), "_recursive_": False, **ckpt["hyper_parameters"]}
-        model_cfg = OmegaConf.create(saved)
-        check_backbone_config(model_cfg.net, None, source=f"the config saved in {ckpt_path}")
+        model_cfg = saved_model_config(ckpt, ckpt_path)
     fill_class_names(model_cfg.net, datamodule)
     OmegaConf.resolve(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -67,6 +65,14 @@ def build_run(
         check_matches_data(ckpt["hyper_parameters"], datamodule, ckpt_path)
         load_weights(model, ckpt["state_dict"], source=ckpt_path)
     return datamodule, model
+
+
+def saved_model_config(ckpt: Mapping[str, Any], path: str | Path) -> DictConfig:
+    """The task config a checkpoint of ``ImageClassifier`` saved, checked at the boundary."""
+    saved = {"_target_": target_of(ImageClassifier), "_recursive_": False, **ckpt["hyper_parameters"]}
+    model_cfg = OmegaConf.create(saved)
+    check_backbone_config(model_cfg.net, None, source=f"the config saved in {path}")
+    return model_cfg
 
 
 def with_recorded_source(model_cfg: DictConfig, saved_net: Mapping[str, Any]) -> DictConfig:
@@ -134,6 +140,13 @@ def check_backbone_config(
     backbone = get_class(net_cfg["_target_"])
     params = inspect.signature(backbone).parameters
     model = model_choice(net_cfg["_target_"])
+    if rpe_family == "rope" and "rpe" not in params:
+        raise ConfigError(
+            f"rpe=rope works with the from-scratch ViT only: {model} keeps the position embedding it was "
+            "pretrained with, and rotating its queries and keys would change what its weights compute. For "
+            "a pretrained RoPE ViT take timm's (Heo et al.'s weights): model=timm_vit "
+            "model.net.name=vit_small_patch16_rope_mixed_224.naver_in1k rpe=none; or use model=vit"
+        )
     if rpe_family not in (None, "none") and "rpe" not in params:
         raise ConfigError(
             f"rpe={rpe_family} works with the from-scratch ViT only: {model} takes no relative position "

@@ -15,21 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from vit_rpe.build import build_run
+from vit_rpe.utils.config_checks import check_config
 from vit_rpe.utils.errors import ConfigError
 from vit_rpe.utils.run import (
     CONF_DIR,
-    exit_on_user_error,
     instantiate_named,
     print_metrics,
+    run_job,
     to_float,
     write_metrics,
 )
-from vit_rpe.utils.trainer import instantiate_trainer
 
 log = logging.getLogger("vit_rpe.eval")
 
@@ -40,13 +38,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         path = str(cfg.ckpt_path)
     except MissingMandatoryValue:
         raise ConfigError("ckpt_path is required: python -m vit_rpe.eval ckpt_path=<file.ckpt>") from None
+    check_config(cfg)
+    from vit_rpe.build import build_run  # lightning and torch: after the config checks
+    from vit_rpe.utils.trainer import instantiate_trainer
+
     datamodule, model = build_run(cfg, ckpt_path=path)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
     loggers = instantiate_named(cfg.get("logger"))
-    trainer: L.Trainer = instantiate_trainer(cfg.trainer, logger=loggers or False)
+    trainer = instantiate_trainer(cfg.trainer, logger=loggers or False)
     results = trainer.test(model, datamodule=datamodule)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
     metrics = {k: v for k, v in metrics.items() if v is not None}
@@ -59,7 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(evaluate, cfg)
+    run_job(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,13 @@ import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
-import torch
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vit_rpe.build import build_run
-from vit_rpe.callbacks.last_checkpoint import exit_status_on_sigterm
-from vit_rpe.data import ImageDataModule
-from vit_rpe.utils.checkpoint import check_fits, load_weights, read_task_checkpoint, uncompiled
-from vit_rpe.utils.csv_log import continue_csv_logs
+from vit_rpe.utils.config_checks import check_config
 from vit_rpe.utils.errors import CheckpointError
-from vit_rpe.utils.resume import finished_metrics, nothing_to_do_message, resume_config
 from vit_rpe.utils.run import (
     CONF_DIR,
     in_multirun,
@@ -37,7 +29,11 @@ from vit_rpe.utils.run import (
     to_float,
     write_metrics,
 )
-from vit_rpe.utils.trainer import instantiate_trainer
+
+if TYPE_CHECKING:  # lightning and torch are imported when a run starts, after the config checks
+    import lightning as L
+
+    from vit_rpe.data import ImageDataModule
 
 log = logging.getLogger("vit_rpe.train")
 
@@ -55,16 +51,30 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(path)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
     """Seed, build data, model, callbacks, loggers and trainer; fit; test the best checkpoint.
+
+    ``show_config`` prints the config tree once the config, data and model passed their checks
+    (so a mistake is the only output), before training starts.
 
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
+    check_config(cfg)
+    from vit_rpe.utils.resume import finished_metrics, nothing_to_do_message, resume_config
+
     composed = copy.deepcopy(cfg)  # Hydra's record of the job, written once the run is accepted
     cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
     if (finished := finished_metrics(cfg)) is not None:  # and leave every file of it as it is
         print(nothing_to_do_message(finished, cfg))
         return finished
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from vit_rpe.build import build_run
+    from vit_rpe.callbacks.last_checkpoint import exit_status_on_sigterm
+    from vit_rpe.utils.checkpoint import check_fits, read_task_checkpoint
+    from vit_rpe.utils.csv_log import continue_csv_logs
+    from vit_rpe.utils.trainer import instantiate_trainer
+
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
     resumed = read_task_checkpoint(ckpt_path) if ckpt_path else None
@@ -74,6 +84,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if show_config:
+        print_config_tree(cfg)
 
     # Every check passed: from here on the run directory is written.
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +136,7 @@ def export_backbone(
     """A pretrained backbone exports itself (``save_pretrained``, its library's format) with the
     best checkpoint's weights and the preprocessing training used; None for other backbones."""
     from vit_rpe.models.backbone import PretrainedBackbone
+    from vit_rpe.utils.checkpoint import load_weights, read_task_checkpoint, uncompiled
 
     net = uncompiled(model.net)
     if not isinstance(net, PretrainedBackbone):
@@ -149,6 +162,8 @@ def run_summary(
     ``run_stats`` are the classifier's "run/..." callback metrics of the fit (prefix removed):
     under ddp_spawn the training happened in other processes, and only they say how it went.
     """
+    import torch
+
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -163,12 +178,11 @@ def run_summary(
 
 def train_and_score(cfg: DictConfig) -> float | None:
     """train(cfg), then the metric a sweeper optimises: an unknown name is a user error of the job."""
-    return metric_for_sweeper(train(cfg), cfg.get("optimized_metric"))
+    return metric_for_sweeper(train(cfg, show_config=True), cfg.get("optimized_metric"))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    print_config_tree(cfg)
     score = run_job(train_and_score, cfg)
     if (
         score is None and in_multirun()

@@ -25,6 +25,7 @@ from torch import nn
 
 from vit_rpe.models.attention import MultiHeadSelfAttention
 from vit_rpe.models.rpe import RelativePositionMask
+from vit_rpe.utils.run import exit_on_user_error
 
 
 def attention_layers(model: nn.Module) -> list[tuple[str, MultiHeadSelfAttention]]:
@@ -160,13 +161,27 @@ def save(fig, path: str | Path) -> Path:
 
 
 def load_backbone(ckpt: str | Path) -> nn.Module:
-    """The backbone (``.net``) of an ImageClassifier checkpoint, on CPU, in eval mode."""
+    """The backbone (``.net``) of an ImageClassifier checkpoint, on CPU, in eval mode.
+
+    Only the from-scratch models (``model=vit``, ``performer``, ``linear``: a VisionTransformer)
+    have the attention layers and RPE masks drawn here; a pretrained backbone is refused by name.
+    """
+    from hydra.utils import get_class
+
+    from vit_rpe.models.vit import VisionTransformer
     from vit_rpe.tasks import ImageClassifier
+    from vit_rpe.utils.checkpoint import read_task_checkpoint
     from vit_rpe.utils.errors import CheckpointError
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise CheckpointError(f"no checkpoint at {ckpt}: pass --ckpt path/to/file.ckpt")
+    target = read_task_checkpoint(ckpt)["hyper_parameters"]["net"].get("_target_", "?")
+    if not issubclass(get_class(target), VisionTransformer):
+        raise CheckpointError(
+            f"{ckpt} holds a {target} backbone: viz draws the attention and RPE masks of the from-scratch "
+            "models (model=vit, model=performer, model=linear), not of pretrained timm or HuggingFace ones"
+        )
     return ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu").net.eval()
 
 
@@ -184,9 +199,16 @@ def load_image(path: str | Path | None, img_size: tuple[int, int], in_chans: int
         image = torch.tensor(load_digits().images[0], dtype=torch.float32)[None] / 16.0  # [1, 8, 8]
     else:
         import numpy as np
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        pil = Image.open(path).convert("L" if in_chans == 1 else "RGB")
+        from vit_rpe.utils.errors import DataError
+
+        try:
+            pil = Image.open(path).convert("L" if in_chans == 1 else "RGB")
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise DataError(
+                f"--image {path} cannot be read as an image ({err}): give a PNG or JPEG file"
+            ) from None
         image = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
     image = F.interpolate(image[None], size=img_size, mode="bilinear", align_corners=False)[0]
@@ -221,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         "--query", type=int, default=None, help="query token (default cls, or the centre patch)"
     )
     args = parser.parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
+    return exit_on_user_error(draw, args)
+
+
+def draw(args: argparse.Namespace) -> int:
+    """The attention maps (and RPE masks) of ``args.ckpt`` for ``args.image``, as PNGs."""
     model = load_backbone(args.ckpt)
     out = args.out or Path(args.ckpt).parent / "viz"
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)

@@ -94,7 +94,7 @@ def test_the_command_line_exits_143_on_sigterm_at_an_epoch_end(tmp_path, monkeyp
         *RUN, f"+callbacks.fault={fault}", f"hydra.run.dir={run_dir}", monkeypatch=monkeypatch
     )
     assert code == EXIT_SIGTERM
-    assert f"Resume with: python -m vit_rpe.train resume_dir={run_dir}" in (run_dir / "train.log").read_text()
+    assert f"Resume with: python -m vit_rpe.train resume_dir={run_dir}" in (run_dir / "run.log").read_text()
     assert not (run_dir / "metrics.json").exists()
 
 

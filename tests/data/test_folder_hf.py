@@ -62,6 +62,9 @@ def test_image_folder_bad_layouts(tmp_path):
     with pytest.raises(DataError, match="no class folders"):
         ImageFolderDataModule(tmp_path / "flat")
     (tmp_path / "flat" / "empty_class").mkdir()
+    with pytest.raises(DataError, match=r"one class folder \(empty_class\): a classifier needs at least two"):
+        ImageFolderDataModule(tmp_path / "flat")
+    (tmp_path / "flat" / "empty_too").mkdir()
     with pytest.raises(DataError, match="no images"):
         ImageFolderDataModule(tmp_path / "flat").setup()
     write_image_folder(tmp_path / "bad", classes=("a", "b"), per_class=4)
@@ -132,3 +135,16 @@ def test_a_carved_test_split_is_the_same_for_every_seed(source, tmp_path, hub_co
     assert torch.equal(first["test"][0], second["test"][0])
     assert not torch.equal(first["val"][0], second["val"][0])
     assert torch.bincount(first["test"][1]).tolist() == [2, 2, 2]
+
+
+def test_hf_on_folders_of_other_formats_says_which(tmp_path):
+    """A save_to_disk folder is named as such (not read); an image tree points at data=image_folder."""
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0, 1]})}).save_to_disk(saved)
+    with pytest.raises(DataError, match="written by datasets' save_to_disk, a format data=hf does not read"):
+        HFImageDataModule(data_dir=saved)
+    write_image_folder(tmp_path / "tree", classes=("a", "b"), per_class=2)
+    with pytest.raises(DataError, match=r"a tree of images: use data=image_folder data\.data_dir="):
+        HFImageDataModule(data_dir=tmp_path / "tree")

@@ -82,6 +82,18 @@ def test_missing_files_offline_say_where_to_put_them(tmp_path, monkeypatch):
     assert not any((tmp_path / "nothing-here").glob("*")), "no partial file may be left behind"
 
 
+def test_only_the_test_files_point_at_mnist_subset(tmp_path):
+    """The shared MNIST folder holds the t10k files alone: the message says how to train on them."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (10, 28, 28)), rng.integers(0, 10, 10)
+    write_mnist(tmp_path, images, labels, images, labels)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / f"{name}.gz").unlink()
+    with pytest.raises(DataError, match="Only the test files are in") as err:
+        MNISTDataModule(data_dir=tmp_path, download=False).setup()
+    assert f"python -m vit_rpe.data.mnist_subset {tmp_path} data/mnist_8k" in str(err.value)
+
+
 def test_truncated_and_foreign_files_are_named(tmp_path):
     rng = np.random.default_rng(0)
     write_idx(tmp_path / "x.idx", rng.integers(0, 256, (4, 28, 28)), compress=False)

@@ -14,6 +14,7 @@ from vit_rpe.models import attention as attention_module
 from vit_rpe.models import fused as fused_module
 from vit_rpe.models.attention import PerformerAttention, build_kernel, default_nb_features
 from vit_rpe.models.rpe import build_rpe
+from vit_rpe.utils.errors import ConfigError
 
 GRID = (7, 9)
 RPE_CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
@@ -335,6 +336,30 @@ def test_performer_eval_is_deterministic_and_redraws_on_schedule():
     for _ in range(4):
         never(q, k, v)
     assert torch.equal(never.projection, w)
+
+
+def test_performer_redraws_only_in_the_planned_share_of_training():
+    kernel = PerformerAttention(8, redraw_interval=2, redraw_fraction=0.5).train()
+    kernel.plan_redraws(total_steps=10)  # the task's call: steps 2 and 4 redraw, 6, 8 and 10 do not
+    q, k, v = qkv(2, 10, dtype=torch.float32)
+    draws = []
+    for _ in range(10):
+        kernel(q, k, v)
+        draws.append(kernel.draws)
+    assert draws == [0, 1, 1, 2, 2, 2, 2, 2, 2, 2]
+    with pytest.raises(ConfigError, match=r"redraw_fraction=1\.5"):
+        PerformerAttention(8, redraw_fraction=1.5)
+
+
+def test_training_plans_the_redraws_from_the_runs_length(train_config, tmp_path):
+    from vit_rpe.train import train
+
+    overrides = ("model=performer", "trainer.max_epochs=2", "trainer.limit_train_batches=4")
+    train(train_config(*overrides, "model.net.attention_kwargs.redraw_interval=3"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    schedules = [v for k, v in state["state_dict"].items() if k.endswith("_extra_state") and "draws" in v]
+    # 8 steps, redraws up to step 4 (half): step 3 redraws, step 6 does not
+    assert schedules and all(s["steps"] == 8 and s["draws"] == 1 for s in schedules)
 
 
 def test_compiled_performer_redraws_on_schedule_without_recompiling():

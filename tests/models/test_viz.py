@@ -102,3 +102,38 @@ def test_cli_on_a_checkpoint(tmp_path):
     assert (tmp_path / "viz" / "attention_maps.png").is_file()
     with pytest.raises(Exception, match="--ckpt"):
         viz.load_backbone(tmp_path / "missing.ckpt")
+
+
+def test_cli_bad_inputs_are_one_message(tmp_path, capsys):
+    """An image given as --ckpt, an unreadable --image, a pretrained backbone: exit 1, one line."""
+    from PIL import Image
+
+    png = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(png)
+    hf = tmp_path / "hf.ckpt"
+    net = {"_target_": "vit_rpe.models.pretrained.HFViT", "name_or_path": "google/vit-base-patch16-224"}
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": net}}, hf)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    tasks = pytest.importorskip("vit_rpe.tasks")
+    task = tasks.ImageClassifier(
+        net={"_target_": "vit_rpe.models.VisionTransformer", **NET},
+        num_classes=10,
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
+    )
+    ckpt = tmp_path / "tiny.ckpt"
+    import lightning as L
+
+    version = {"pytorch-lightning_version": L.__version__}
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), **version}, ckpt)
+    cases = {
+        "x.png: it is a PNG image, not a checkpoint": ["--ckpt", str(png)],
+        "viz draws the attention and RPE masks of the from-scratch models": ["--ckpt", str(hf)],
+        "corrupt.png cannot be read as an image": ["--ckpt", str(ckpt), "--image", str(corrupt)],
+    }
+    for message, args in cases.items():
+        with pytest.raises(SystemExit) as exited:
+            viz.main(args)
+        assert exited.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -25,13 +25,13 @@ def digests(run_dir: Path) -> dict[str, str]:
 
 @pytest.fixture
 def finished(tmp_path, monkeypatch) -> Path:
-    """A run of one epoch that ended (metrics.json, .hydra/, train.log), started from the CLI."""
+    """A run of one epoch that ended (metrics.json, .hydra/, run.log), started from the CLI."""
     run_dir = tmp_path / "run"
     assert (
         run_train_main(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", monkeypatch=monkeypatch)
         == 0
     )
-    assert {".hydra/overrides.yaml", "metrics.json", "train.log"} <= set(digests(run_dir))
+    assert {".hydra/overrides.yaml", "metrics.json", "run.log"} <= set(digests(run_dir))
     return run_dir
 
 

@@ -24,7 +24,7 @@ import torch
 from vit_rpe.bench.common import compose_train
 
 MODELS = ("vit", "performer", "linear")
-RPES = ("none", "general", "exp", "poly")
+RPES = ("none", "general", "exp", "poly", "rope")
 START, END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
 TINY = ("model.net.embed_dim=32", "model.net.depth=1", "model.net.num_heads=2")
 

@@ -10,6 +10,8 @@
 - ``freeze``: a backbone trained head-first (``FreezeBackbone``, from ``model.finetune``).
 - ``predictions``: W&B's confusion matrix and sample predictions at test end
   (``WandbTestPredictions``, with ``logger=wandb``).
+- ``per_class``: ``per_class.csv`` and ``confusion_matrix.png`` at every test end
+  (``PerClassResults``, added by the classifier itself).
 - ``timing``: wall and CPU seconds of every training epoch (``EpochClock``, added by
   ``python -m vit_rpe.bench epoch``).
 
@@ -20,6 +22,7 @@ from vit_rpe.callbacks.ema import ModelEMA
 from vit_rpe.callbacks.freeze import FreezeBackbone
 from vit_rpe.callbacks.last_checkpoint import LastCheckpoint
 from vit_rpe.callbacks.nan_guard import NonFiniteLossGuard
+from vit_rpe.callbacks.per_class import PerClassResults
 from vit_rpe.callbacks.predictions import WandbTestPredictions
 from vit_rpe.callbacks.step_seed import StepSeed
 from vit_rpe.callbacks.timing import EpochClock
@@ -30,6 +33,7 @@ __all__ = [
     "LastCheckpoint",
     "ModelEMA",
     "NonFiniteLossGuard",
+    "PerClassResults",
     "StepSeed",
     "WandbTestPredictions",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from vit_rpe.data.augment import (
@@ -81,7 +82,8 @@ class ImageDataModule(L.LightningDataModule):
     (``on_after_batch_transfer``), and the metadata models are built from (``image_size``,
     ``in_chans``, ``num_classes``, ``class_names``).
 
-    Options shared by every dataset: ``on_device`` moves the uint8 splits to the accelerator once
+    Options shared by every dataset: ``num_workers`` loader processes, or ``auto`` (see
+    ``loader_workers``); ``on_device`` moves the uint8 splits to the accelerator once
     and gathers batches there; ``randaugment`` (a timm config string, e.g. ``rand-m9-mstd0.5``)
     augments training images one by one on the CPU, in the loader workers; ``mixup`` / ``cutmix``
     (alphas, 0 = off) mix whole device batches with timm's Mixup into soft targets.
@@ -98,7 +100,7 @@ class ImageDataModule(L.LightningDataModule):
         data_dir: str | Path = "data",
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         image_size: int | None = None,
         in_chans: int | None = None,
         num_classes: int | None = None,
@@ -123,6 +125,11 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        if image_size is None and not hasattr(self, "native_size"):
+            raise ConfigError(
+                f"data.image_size is null and {type(self).__name__} has no size of its own: give the side "
+                "in pixels images are resized to, e.g. data.image_size=64"
+            )
         self.image_size = image_size or self.native_size[0]
         self.in_chans = in_chans or self.default_in_chans
         self.num_classes = num_classes or self.default_num_classes
@@ -167,6 +174,23 @@ class ImageDataModule(L.LightningDataModule):
             "input_size": (self.in_chans, *self.transform.image_size),
             "mean": tuple(self.transform.mean.flatten().tolist()),
             "std": tuple(self.transform.std.flatten().tolist()),
+        }
+
+    @property
+    def input_config(self) -> dict[str, Any]:
+        """What a trained model needs to classify new image files as it saw this data (the
+        classifier stores it in its checkpoints, for ``python -m vit_rpe.predict``): the class
+        names, the channels, the side a file is cropped and resized to before the device transform
+        (``decode_size``, as the format's reader does) and the transform's size and normalisation."""
+        decode = getattr(self, "decode_size", None) or getattr(self, "native_size", None) or self.image_size
+        decode = [decode, decode] if isinstance(decode, int) else [int(s) for s in decode]
+        size = self.transform.image_size or tuple(decode)
+        return {
+            "class_names": [str(name) for name in self.class_names],
+            "in_chans": int(self.in_chans),
+            "decode_size": decode,
+            **self.data_config,
+            "image_size": [int(s) for s in size],
         }
 
     def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
@@ -229,7 +253,7 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self.split(name)
         on_device = isinstance(dataset, TensorImageDataset) and dataset.images.device.type != "cpu"
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        workers = 0 if on_device else self.num_workers
+        workers = 0 if on_device else self.loader_workers(dataset)
         loader = ResumableDataLoader if name == "train" else DataLoader  # training resumes mid-epoch
         return loader(
             dataset,
@@ -248,6 +272,18 @@ class ImageDataModule(L.LightningDataModule):
             return EpochShuffleSampler(dataset, self.seed)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         return RepeatedAugmentationSampler(dataset, self.seed, self.repeated_augmentation, world, rank)
+
+    def loader_workers(self, dataset: Dataset) -> int:
+        """``data.num_workers``, or for ``auto``: none when a batch is one gather from memory
+        (TensorImageDataset: workers would only copy batches between processes), else Lightning's
+        suggestion for per-image CPU work (RandAugment, decoding): the CPUs this process may use
+        (its affinity, as SLURM or a container set it), less one, shared by this machine's ranks."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        if isinstance(dataset, TensorImageDataset):
+            return 0
+        ranks = self.trainer.num_devices if self.trainer is not None else 1
+        return suggested_max_num_workers(ranks)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

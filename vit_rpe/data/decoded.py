@@ -155,7 +155,8 @@ class DecodedImageDataModule(ImageDataModule):
             nbytes = sum(int(np.prod(shape)) for shape in shapes.values())
             if nbytes > self.max_cache_gb * 2**30:
                 log.warning(
-                    "%s decodes to %.1f GB > data.max_cache_gb=%s: decoding on the fly in %d workers",
+                    "%s decodes to %.1f GB > data.max_cache_gb=%s: decoding on the fly in "
+                    "data.num_workers=%s workers",
                     self.cache_name,
                     nbytes / 2**30,
                     self.max_cache_gb,
@@ -183,11 +184,8 @@ class DecodedImageDataModule(ImageDataModule):
                 images[:] = source.images
                 return
             log.info("decoding %d %s images of %s", len(source), split, self.cache_name)
-            loader = DataLoader(
-                DecodedImages(source, self.decode_size, self.in_chans),
-                batch_size=256,
-                num_workers=self.num_workers,
-            )
+            decoded = DecodedImages(source, self.decode_size, self.in_chans)
+            loader = DataLoader(decoded, batch_size=256, num_workers=self.loader_workers(decoded))
             start = 0
             try:
                 for batch, _ in loader:

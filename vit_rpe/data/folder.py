@@ -63,6 +63,11 @@ class ImageFolderDataModule(DecodedImageDataModule):
         **kwargs,
     ):
         self.classes = class_folders(Path(data_dir))
+        if len(self.classes) < 2:
+            raise DataError(
+                f"{data_dir} has one class folder ({self.classes[0]}): a classifier needs at least two. "
+                f"{FolderLayout.hint}"
+            )
         self.test_dir = Path(test_dir) if test_dir else None
         self.default_in_chans = in_chans
         self.default_num_classes = len(self.classes)
@@ -74,6 +79,7 @@ class ImageFolderDataModule(DecodedImageDataModule):
             cache_dir=cache_dir or Path(data_dir) / ".cache",
             **kwargs,
         )
+        self.scan()  # listed once, now: a bad layout is reported before a Trainer starts
 
     @property
     def class_names(self) -> list[str]:
@@ -87,11 +93,19 @@ class ImageFolderDataModule(DecodedImageDataModule):
             for split, root in roots.items():
                 if split == "test" and (extra := sorted(set(class_folders(root)) - set(self.classes))):
                     raise DataError(f"test folder {root} has classes missing from {self.data_dir}: {extra}")
-                paths, labels = [], []
+                paths, labels, empty = [], [], []
                 for label, name in enumerate(self.classes):
                     files = image_files(root / name)
                     paths += files
                     labels += [label] * len(files)
+                    empty += [] if files else [name]
+                if split == "train" and empty and len(empty) < len(self.classes):
+                    # an empty folder would still be a class: an output the model never sees trained
+                    raise DataError(
+                        f"class folders without images in {root}: {', '.join(empty)}. Each folder is a "
+                        "class, so these would be classes never trained: add their images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folders"
+                    )
                 if not paths:
                     raise DataError(f"no images under {root}. {FolderLayout.hint}")
                 self._scan[split] = (paths, np.asarray(labels, dtype=np.int64))

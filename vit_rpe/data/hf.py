@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from vit_rpe.data.cache import file_fingerprint
-from vit_rpe.data.decoded import DecodedImageDataModule, Source
+from vit_rpe.data.decoded import IMAGE_EXTENSIONS, DecodedImageDataModule, Source
 from vit_rpe.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_files_below(folder: Path) -> bool:
+    """Does ``folder`` (one level down) hold image files, as a class folder would?"""
+    return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file())
 
 
 class HFSource:
@@ -46,11 +51,28 @@ class HFSource:
         self._loaded: dict = {}
 
     def layout_hint(self) -> str:
-        return (
-            f"With network, the hub dataset {self.hf_path!r} is downloaded on first use; offline, set "
-            "data.hf_path to a local folder laid out like the hub repo: <folder>/data/train-*.parquet, "
+        """What to do, for a hub id, or for a local folder in another layout (named if known)."""
+        expected = (
+            "a local folder laid out like the hub repo: <folder>/data/train-*.parquet, "
             "<folder>/data/<other split>-*.parquet"
         )
+        if self.local is None:
+            return (
+                f"With network, the hub dataset {self.hf_path!r} is downloaded on first use; offline, set "
+                f"data.hf_path to {expected}"
+            )
+        if any((self.local / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            return (
+                f"{self.local} was written by datasets' save_to_disk, a format data=hf does not read: "
+                "write its splits as parquet (for name, split in datasets.load_from_disk(folder).items(): "
+                "split.to_parquet(f'<new folder>/data/{name}-00000.parquet')) and set data.hf_path to "
+                "the new folder"
+            )
+        if any(image_files_below(d) for d in self.local.iterdir() if d.is_dir() and d.name != "data"):
+            return (
+                f"{self.local} looks like a tree of images: use data=image_folder data.data_dir={self.local}"
+            )
+        return f"data=hf reads {expected}"
 
     def parquet_files(self, split: str) -> list[Path]:
         return sorted((self.local / "data").glob(f"{split}-*.parquet"))

@@ -73,6 +73,8 @@ class MNISTDataModule(ImageDataModule):
         super().__init__(*args, **kwargs)
         self.val_size = val_size
         self.download = download
+        if not download:  # nothing will fetch them: say so before a Trainer starts
+            self.prepare_data()
 
     def prepare_data(self) -> None:
         missing = [name for name in MNIST_FILES if find_mnist_file(self.data_dir, name) is None]
@@ -82,6 +84,13 @@ class MNISTDataModule(ImageDataModule):
             f"Put the four files {', '.join(n + '.gz' for n in MNIST_FILES)} in {self.data_dir} "
             f"(or {self.data_dir / 'MNIST' / 'raw'}), or set data.data_dir to the folder that has them"
         )
+        if not any(name.startswith("t10k") for name in missing):  # the test files alone are there
+            where = (
+                f"Only the test files are in {self.data_dir}: make a training set of real digits from "
+                f"them with python -m vit_rpe.data.mnist_subset {self.data_dir} data/mnist_8k and train "
+                "with data.data_dir=data/mnist_8k (8,000 train, 2,000 test images). Or: "
+                f"{where[0].lower()}{where[1:]}"
+            )
         if not self.download:
             raise DataError(f"MNIST files missing: {', '.join(missing)}. {where}.")
         for name in missing:

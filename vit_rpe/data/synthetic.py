@@ -203,3 +203,19 @@ def write_hf_parquet(
         ds = datasets.Dataset.from_dict({"image": encoded, "label": labels.tolist()}, features=features)
         ds.to_parquet(str(Path(root) / "data" / f"{split}-00000-of-00001{shard_suffix}.parquet"))
     return Path(root)
+
+
+def write_split_images(datamodule, split: str, folder: str | Path, count: int | None = None) -> list[int]:
+    """The first ``count`` images of a datamodule's split (as its loader orders them) as lossless
+    PNG files ``folder/<index>_<class name>.png``; returns their labels. Real test images on disk,
+    for ``python -m vit_rpe.predict`` (its tests, and timing it on a dataset's own images)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = datamodule.split(split)  # a TensorImageDataset: slicing gives (images, labels)
+    images, labels = dataset[: count or len(dataset)]
+    names = datamodule.class_names
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        pixels = image.cpu().numpy()
+        array = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+        Image.fromarray(array).save(folder / f"{i:06d}_{names[label]}.png")
+    return labels.tolist()

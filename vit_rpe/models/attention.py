@@ -22,7 +22,10 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from vit_rpe.models import fused
 from vit_rpe.models.fused import LearnedBiasAttention, PositiveRandomFeatures, masked_favor_attention
+from vit_rpe.models.rope import RotaryPositionEmbedding
+from vit_rpe.models.rpe import RelativePositionMask
 from vit_rpe.utils.errors import ConfigError
+from vit_rpe.utils.registry import Registry
 
 EPS = 1e-6
 # Devices whose softmax attention with a mask runs flex attention (CPU flex attention has no
@@ -62,7 +65,32 @@ def flex_attention_or_none(q, k, v, score_mod) -> torch.Tensor | None:
         return None
 
 
-class SoftmaxAttention(nn.Module):
+class AttentionKernel(nn.Module):
+    """The contract of a kernel (built-in or a user's, tests/models/test_contract.py holds each to it).
+
+    Built as ``cls(head_dim, attn_drop=..., **model.net.attention_kwargs)``; ``forward(q, k, v,
+    rpe=None)`` and ``attention_matrix(q, k, rpe=None)`` as in the module docstring. ``rpe_impls``:
+    the mask products (``rpe.impl`` after ``auto`` resolves) it computes with; a mask with another
+    impl is refused when the model is built. Rotary encodings (rpe=rope) need nothing of a kernel:
+    they rotate q and k before it.
+    """
+
+    rpe_impls: tuple[str, ...] = ()
+
+    def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+KERNELS = Registry("attention", "model.net.attention", AttentionKernel)
+register_kernel = KERNELS.register
+ALL_IMPLS = ("quadratic", "dense", "kron", "fft")
+
+
+@register_kernel("softmax")
+class SoftmaxAttention(AttentionKernel):
     """softmax(q k^T / sqrt(d) + log M) v.
 
     Without a mask: PyTorch's fused scaled_dot_product_attention. With one: on CUDA, flex
@@ -71,6 +99,8 @@ class SoftmaxAttention(nn.Module):
     as an additive [H, L, L] mask, broadcast over the batch); elsewhere, with attention dropout,
     and where flex attention fails, SDPA with that mask.
     """
+
+    rpe_impls = ALL_IMPLS  # log M is added to the scores whatever the impl
 
     def __init__(self, head_dim: int, attn_drop: float = 0.0, use_flex: bool = True):
         super().__init__()
@@ -119,14 +149,16 @@ def rpe_score_mod(rpe: nn.Module):
     return score_mod
 
 
-class FeatureMapAttention(nn.Module):
+class FeatureMapAttention(AttentionKernel):
     """Linear attention with positive features phi: out_i = phi(q_i).D_i / phi(q_i).d_i.
 
     Without a mask D and d are global sums (O(L m d)); with a mask D = M Z, and the mask's
     ``masked_kernel_matmul`` computes phi(q_i).D_i (quadratic / dense / kron / fft, rpe.py). The
     feature math runs in fp32 outside autocast and denominators are clamped at ``eps``, so
-    half-precision training stays finite.
+    half-precision training stays finite. A subclass defines ``features`` and gets every mask product.
     """
+
+    rpe_impls = ALL_IMPLS
 
     def __init__(self, head_dim: int, attn_drop: float = 0.0, eps: float = EPS):
         super().__init__()
@@ -171,6 +203,7 @@ class FeatureMapAttention(nn.Module):
             return a / a.sum(-1, keepdim=True).clamp_min(self.eps)
 
 
+@register_kernel("linear")
 class LinearAttention(FeatureMapAttention):
     """phi(x) = elu(x) + 1 (Katharopoulos et al., 2020)."""
 
@@ -194,6 +227,7 @@ def orthogonal_gaussian(nb_features: int, dim: int, generator: torch.Generator |
     return (w * norms[:, None]).float()
 
 
+@register_kernel("performer")
 class PerformerAttention(FeatureMapAttention):
     """FAVOR+ (Choromanski et al., 2020): positive orthogonal random features.
 
@@ -203,8 +237,12 @@ class PerformerAttention(FeatureMapAttention):
     (a common factor, so it cancels even with a row-specific RPE denominator).
 
     The projection is a buffer, redrawn every ``redraw_interval`` training forward passes (0 =
-    never) and never in eval. Draws use a generator seeded by (seed, draw count), so every
-    process of a distributed run draws the same matrix.
+    never) during the first ``redraw_fraction`` of training, and never in eval. Draws use a
+    generator seeded by (seed, draw count), so every process of a distributed run draws the same
+    matrix. Why stop: a redraw changes every attention score at once, and late in a cosine schedule
+    the lr is too small to adapt; the CPU study lost ~4 points of validation accuracy to a redraw
+    at 90% of its steps (docs/studies.md). The task tells the layer its run's length
+    (``plan_redraws``); until then, or with ``redraw_fraction=1``, redraws go on throughout.
     """
 
     def __init__(
@@ -215,10 +253,18 @@ class PerformerAttention(FeatureMapAttention):
         redraw_interval: int = 1000,
         ortho: bool = True,
         eps: float = EPS,
+        redraw_fraction: float = 0.5,
     ):
         super().__init__(head_dim, attn_drop, eps)
+        if not 0 <= redraw_fraction <= 1:
+            raise ConfigError(
+                f"model.net.attention_kwargs.redraw_fraction={redraw_fraction}: the share of training that "
+                "redraws the features, in [0, 1] (0: never, 1: throughout)"
+            )
         self.nb_features = nb_features or default_nb_features(head_dim)
         self.redraw_interval = redraw_interval
+        self.redraw_fraction = redraw_fraction
+        self.redraw_until: int | None = None  # the last step that may redraw: plan_redraws
         self.ortho = ortho
         # Plain ints (saved through get_extra_state): checking the schedule never syncs a GPU.
         self.seed = int(torch.randint(0, 2**62, ()))
@@ -227,7 +273,14 @@ class PerformerAttention(FeatureMapAttention):
         self.register_buffer("projection", self.draw(), persistent=True)
 
     def extra_repr(self) -> str:
-        return f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}"
+        return (
+            f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}, "
+            f"redraw_fraction={self.redraw_fraction}"
+        )
+
+    def plan_redraws(self, total_steps: int) -> None:
+        """Redraw only in the first ``redraw_fraction`` of a run of ``total_steps`` training steps."""
+        self.redraw_until = int(total_steps * self.redraw_fraction)
 
     def get_extra_state(self) -> dict:
         return {"seed": self.seed, "draws": self.draws, "steps": self.steps}
@@ -260,7 +313,8 @@ class PerformerAttention(FeatureMapAttention):
         """One training pass on the redraw schedule. Eager under torch.compile: dynamo would make
         the plain-int counter a constant of the graph and recompile on every step."""
         self.steps += 1
-        if self.steps % self.redraw_interval == 0:
+        late = self.redraw_until is not None and self.steps > self.redraw_until
+        if self.steps % self.redraw_interval == 0 and not late:
             self.redraw()
 
     def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
@@ -280,26 +334,23 @@ class PerformerAttention(FeatureMapAttention):
         return fq, fk
 
 
-KERNELS: dict[str, type[nn.Module]] = {
-    "softmax": SoftmaxAttention,
-    "performer": PerformerAttention,
-    "linear": LinearAttention,
-}
-
-
-def build_kernel(name: str, head_dim: int, **kwargs) -> nn.Module:
-    """The kernel ``name`` for heads of size ``head_dim``; None-valued options take defaults."""
-    if name not in KERNELS:
-        raise ConfigError(f"unknown attention {name!r}: choose one of {sorted(KERNELS)}")
+def build_kernel(name: str, head_dim: int, **kwargs) -> AttentionKernel:
+    """The kernel ``name`` (registered, or an import path) for heads of size ``head_dim``;
+    None-valued options take defaults."""
+    cls = KERNELS.resolve(name)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     try:
-        return KERNELS[name](head_dim, **kwargs)
+        return cls(head_dim, **kwargs)
     except TypeError as err:
         raise ConfigError(f"bad model.net.attention_kwargs for attention={name}: {err}") from None
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Project tokens to heads, run the kernel, merge heads back."""
+    """Project tokens to heads, run the kernel, merge heads back.
+
+    ``rpe`` is a mask (RelativePositionMask, given to the kernel) or a rotary encoding
+    (RotaryPositionEmbedding: q and k are rotated, and the kernel sees no mask).
+    """
 
     def __init__(
         self,
@@ -315,6 +366,12 @@ class MultiHeadSelfAttention(nn.Module):
             raise ConfigError(
                 f"embed_dim {dim} is not divisible by num_heads {num_heads}: "
                 "change model.net.embed_dim or model.net.num_heads"
+            )
+        if isinstance(rpe, RelativePositionMask) and rpe.impl not in kernel.rpe_impls:
+            raise ConfigError(
+                f"attention {type(kernel).__name__} does not compute with an RPE mask of "
+                f"rpe.impl={rpe.impl} (it takes {list(kernel.rpe_impls) or 'no mask'}): "
+                "choose another rpe.impl or rpe=none"
             )
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -339,17 +396,26 @@ class MultiHeadSelfAttention(nn.Module):
         gradient they have in the full computation (zero), so that DDP and AdamW see no change.
         """
         B, _, D = x.shape
-        q, k, v = self.heads(x)
+        q, k, v, mask = self.positioned_heads(x)
         if cls_only:
             q = q[:, :, :1]
-        out = self.kernel(q, k, v, None if cls_only else self.rpe)  # [B, H, L or 1, d]
-        if cls_only and self.rpe is not None:
-            out = out + 0.0 * sum(p.sum() for p in self.rpe.parameters())
+        out = self.kernel(q, k, v, None if cls_only else mask)  # [B, H, L or 1, d]
+        if cls_only and mask is not None:
+            out = out + 0.0 * sum(p.sum() for p in mask.parameters())
         out = out.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.proj_drop(self.proj(out))
+
+    def positioned_heads(self, x: torch.Tensor):
+        """q, k, v [B, H, L, d] and the mask for the kernel: a rotary rpe rotates q and k instead,
+        and the kernel gets no mask."""
+        q, k, v = self.heads(x)
+        if isinstance(self.rpe, RotaryPositionEmbedding):
+            q, k = self.rpe(q, k)
+            return q, k, v, None
+        return q, k, v, self.rpe
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """The [B, H, L, L] attention this layer applies to its input x [B, L, D] (for plots)."""
-        q, k, _ = self.heads(x)
-        return self.kernel.attention_matrix(q, k, self.rpe)
+        q, k, _, mask = self.positioned_heads(x)
+        return self.kernel.attention_matrix(q, k, mask)

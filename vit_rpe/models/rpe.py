@@ -17,7 +17,8 @@ indexed by (dy + Hg - 1, dx + Wg - 1) with dy = y_query - y_key. Everything else
   the L x L kernel matrix fq fk^T (fused.py), which is quadratic attention (L^2 (m + e)
   multiply-adds against dense's L^2 m e) and the fastest on small grids.
 
-Masks are exp(something real), so they are positive by construction.
+Masks are exp(something real), so they are positive by construction. The other kind of family,
+rotary (rope.py: q and k rotated before the kernel), shares the registry ``RPES`` and ``build_rpe``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from torch import nn
 from vit_rpe.models.fused import MaskedKernelMatrix
 from vit_rpe.models.kron import KRON_TILE, tiled_exp_attend
 from vit_rpe.models.products import fft_grid_matmul, kron_grid_matmul
+from vit_rpe.models.rope import RoPE2d, RotaryPositionEmbedding
 from vit_rpe.utils.errors import ConfigError
+from vit_rpe.utils.registry import Registry
 
-FAMILIES = ("none", "general", "exp", "poly")
 DISTANCES = ("l1", "l2")
 IMPLS = ("auto", "quadratic", "dense", "kron", "fft")
 
@@ -81,7 +83,8 @@ def grid_index(grid_size: tuple[int, int]) -> torch.Tensor:
 class RelativePositionMask(nn.Module):
     """Base class: a per-head positive mask over a grid plus ``num_prefix_tokens`` cls tokens.
 
-    Subclasses define ``log_mask_offsets()``; separable ones also ``log_axis_offsets()``.
+    Subclasses define ``log_mask_offsets()``; separable ones also ``log_axis_offsets()``. Built as
+    ``cls(grid_size, num_heads, num_prefix_tokens, distance=..., impl=..., **rpe.init)``.
     """
 
     family = ""
@@ -245,6 +248,12 @@ class RelativePositionMask(nn.Module):
         raise NotImplementedError
 
 
+RPES = Registry("rpe", "model.net.rpe", (RelativePositionMask, RotaryPositionEmbedding))
+register_rpe = RPES.register
+register_rpe("rope")(RoPE2d)
+
+
+@register_rpe("general")
 class GeneralRPE(RelativePositionMask):
     """One learned logit per head and 2-D offset: M = exp(b[h, dy, dx]); init b = 0 (M = 1)."""
 
@@ -288,6 +297,7 @@ class DistanceMask(RelativePositionMask):
         return d if self.distance == "l1" else d.sqrt()
 
 
+@register_rpe("exp")
 class ExpRPE(DistanceMask):
     """M = exp(-a_h * dist), a_h = softplus(raw_h). Separable (My (x) Mx) for the l1 distance."""
 
@@ -328,6 +338,7 @@ class ExpRPE(DistanceMask):
         return -a * dy, -a * dx
 
 
+@register_rpe("poly")
 class PolyRPE(DistanceMask):
     """M = (1 + c_h * dist)^(-p_h), c_h, p_h = softplus(.)."""
 
@@ -353,35 +364,35 @@ class PolyRPE(DistanceMask):
         return -p * torch.log1p(c * self.as_distance(distance_int, c))
 
 
-RPES: dict[str, type[RelativePositionMask]] = {
-    "general": GeneralRPE,
-    "exp": ExpRPE,
-    "poly": PolyRPE,
-}
-
-
 def build_rpe(
     family: str | None,
     grid_size: tuple[int, int],
     num_heads: int,
     num_prefix_tokens: int = 0,
-    distance: str = "l1",
-    impl: str = "auto",
+    distance: str | None = None,
+    impl: str | None = None,
     init: Mapping[str, Any] | None = None,
+    head_dim: int | None = None,
     **kwargs,
-) -> RelativePositionMask | None:
+) -> nn.Module | None:
     """The RPE module for one attention layer, or None for ``family="none"``.
 
-    ``init`` (the ``rpe.init`` config block) and ``kwargs`` are the family's init options
-    (general: init_std; exp: init_rate; poly: init_scale, init_power); None values are dropped.
+    ``family``: a registered name or an import path (``package.module:Class``). ``init`` (the
+    ``rpe.init`` config block) and ``kwargs`` are the family's own options (general: init_std;
+    exp: init_rate; poly: init_scale, init_power; rope: variant, theta); None values are dropped,
+    so a family's defaults apply. Masks also take ``distance`` and ``impl``; rotary families take
+    ``head_dim`` instead.
     """
-    kwargs = {**(init or {}), **kwargs}
     if family in (None, "none"):
         return None
-    if family not in RPES:
-        raise ConfigError(f"unknown rpe {family!r}: choose one of {list(FAMILIES)}")
+    cls = RPES.resolve(family)
+    kwargs = {**(init or {}), **kwargs, "distance": distance, "impl": impl}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if issubclass(cls, RotaryPositionEmbedding):
+        if head_dim is None:
+            raise ValueError(f"rpe={family} rotates queries and keys: build_rpe needs their head_dim")
+        kwargs["head_dim"] = head_dim
     try:
-        return RPES[family](grid_size, num_heads, num_prefix_tokens, distance, impl, **kwargs)
+        return cls(grid_size, num_heads, num_prefix_tokens=num_prefix_tokens, **kwargs)
     except TypeError as err:
         raise ConfigError(f"bad option for rpe={family}: {err}") from None

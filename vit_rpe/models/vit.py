@@ -13,7 +13,7 @@ from torch import nn
 
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.embed import PATCH_EMBEDS, sincos_2d
-from vit_rpe.models.rpe import RelativePositionMask, build_rpe
+from vit_rpe.models.rpe import RPES, build_rpe
 from vit_rpe.utils.errors import ConfigError
 
 POS_EMBEDS = ("learned", "sincos2d", "none")
@@ -145,6 +145,7 @@ class VisionTransformer(nn.Module):
                         self.grid_size,
                         num_heads,
                         num_prefix_tokens=self.num_prefix_tokens,
+                        head_dim=head_dim,
                         **(rpe_kwargs or {}),
                     ),
                     qkv_bias=qkv_bias,
@@ -196,12 +197,13 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay (timm's convention), besides norms and biases:
-        the position encodings, absolute and relative. Every parameter of every RPE mask, whatever
+        the position encodings, absolute and relative. Every parameter of every RPE module, whatever
         its family: decaying general's table while exp's and poly's scalars (1-D, never decayed)
-        go free would skew the comparison of the families."""
+        go free would skew the comparison of the families (RoPE-Mixed's frequencies: no decay
+        either, as in Heo et al.'s code)."""
         names = {name for name in ("pos_embed", "cls_token") if getattr(self, name) is not None}
         for prefix, module in self.named_modules():
-            if isinstance(module, RelativePositionMask):
+            if isinstance(module, RPES.base):
                 names.update(name for name, _ in module.named_parameters(prefix=prefix))
         return names
 

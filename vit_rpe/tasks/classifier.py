@@ -13,9 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_rpe.callbacks.ema import ModelEMA, check_ema_decay
+from vit_rpe.callbacks.per_class import PerClassResults, macro_scores
+from vit_rpe.models.attention import PerformerAttention
 from vit_rpe.models.backbone import PretrainedBackbone, missing_methods
 from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.tasks.optim import base_lr, build_optimizer
@@ -57,6 +59,10 @@ class ImageClassifier(L.LightningModule):
     and weight decay hold wherever the groups make no exception (tasks/optim.py), and
     ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``. ``finetune`` (mode,
     freeze_backbone_epochs, layer_decay) says what trains at which rate: see tasks/finetune.py.
+
+    The test also counts a confusion matrix: ``test/macro_f1`` and ``test/balanced_acc``, and the
+    per-class files of callbacks/per_class.py. Checkpoints carry the datamodule's ``input_config``
+    (class names and preprocessing), so ``vit_rpe.predict`` needs nothing else.
     """
 
     def __init__(
@@ -106,6 +112,8 @@ class ImageClassifier(L.LightningModule):
                 self.add_module(f"{stage}_acc{'' if k == 1 else k}", metric)
             self.add_module(f"{stage}_loss", MeanMetric())
         self.top_ks = top_ks
+        # The test's counts per (true, predicted) class: per-class results and their macro averages.
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
         self._epoch_start = 0.0
         self._epoch_images = 0
@@ -126,6 +134,9 @@ class ImageClassifier(L.LightningModule):
         loader = self.trainer.train_dataloader
         if hasattr(loader, "state_dict"):  # ResumableDataLoader: its position in the epoch
             checkpoint["train_loader_state"] = loader.state_dict()
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "input_config"):  # what vit_rpe.predict needs to read image files
+            checkpoint["input_config"] = datamodule.input_config
 
     def carried_metrics(self) -> dict[str, Metric]:
         """The running totals a resumed run continues: this epoch's training metrics (a checkpoint
@@ -265,23 +276,38 @@ class ImageClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         _, logits = self._step(batch, "test")
+        targets = batch[1].argmax(dim=1) if batch[1].ndim == 2 else batch[1]
+        self.test_confusion.update(logits.detach(), targets)
         return {"logits": logits.detach()}  # for callbacks (W&B predictions); Lightning keeps none
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        # compute() sums the counts of every rank, so each logs the job's numbers.
+        macro_f1, balanced_acc = macro_scores(self.test_confusion.compute())
+        self.log("test/macro_f1", macro_f1, sync_dist=True)
+        self.log("test/balanced_acc", balanced_acc, sync_dist=True)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(images).softmax(dim=-1)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = self.finetune.callbacks()  # a backbone frozen for some or all epochs
+        # A backbone frozen for some or all epochs; per_class.csv and the confusion matrix of every test.
+        callbacks = [*self.finetune.callbacks(), PerClassResults()]
         if self.ema_decay is not None:
             callbacks.append(ModelEMA(self.ema_decay))  # val/acc_ema; checkpoints hold the average
         return callbacks
 
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.make_optimizer, self.net, self.finetune.layer_decay)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        for module in self.net.modules():
+            if isinstance(module, PerformerAttention):  # its random features settle halfway
+                module.plan_redraws(total_steps)
         if self.make_scheduler is None:
             return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         scheduler = self.make_scheduler(
             optimizer, total_steps=total_steps, steps_per_epoch=max(total_steps // epochs, 1)

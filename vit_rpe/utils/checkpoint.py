@@ -34,6 +34,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         example = path / "checkpoints" / "last.ckpt"
         raise CheckpointError(f"checkpoint {path} is a directory: give a file, e.g. {example}")
+    if path.suffix not in SAFETENSORS_SUFFIXES and (reason := not_torch_save(path)):
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {reason}; give a .ckpt from a run's checkpoints/ folder "
+            "(or a .pt/.safetensors state dict)"
+        )
     try:
         if path.suffix in SAFETENSORS_SUFFIXES:
             from safetensors.torch import load_file
@@ -41,7 +46,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return dict(load_file(str(path), device="cpu"))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or holding pickled objects we refuse to run
-        if "weights only load failed" in str(err).lower():
+        # A pickled object names its class ("Unsupported global"); other bytes (an image, text)
+        # also fail the weights-only unpickler, and are simply not a checkpoint.
+        if "unsupported global" in str(err).lower():
             raise CheckpointError(
                 f"cannot read checkpoint {path}: it holds pickled Python objects, which are never loaded "
                 "(weights_only=True, so a checkpoint cannot run code); save tensors in plain dicts and "
@@ -54,6 +61,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict of tensors")
     return dict(loaded)
+
+
+# The first bytes of files users mistake for checkpoints, and what they are.
+FILE_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"BM": "a BMP image",
+    b"{": "a JSON file",
+}
+
+
+def not_torch_save(path: Path) -> str | None:
+    """Why the file cannot be torch.save's (its zip archive starts with "PK", the legacy format
+    with a pickle opcode, 0x80), naming what it is when known; None when it may be one."""
+    with path.open("rb") as file:
+        head = file.read(12)
+    if head.startswith((b"PK", b"\x80")):
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "it is a WEBP image, not a checkpoint"
+    for magic, what in FILE_SIGNATURES.items():
+        if head.startswith(magic):
+            return f"it is {what}, not a checkpoint"
+    return "the file is corrupt or not a PyTorch/safetensors checkpoint"
 
 
 def is_task_checkpoint(ckpt: Mapping[str, Any]) -> bool:

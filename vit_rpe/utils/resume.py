@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vit_rpe.utils.errors import CheckpointError, ConfigError
@@ -116,6 +115,8 @@ def epoch_limit(cfg: DictConfig) -> float:
 
 def checkpoint_epoch(path: Path) -> int:
     """The epoch a Lightning checkpoint was saved in (memory-mapped: the weights are not read)."""
+    import torch  # here: the config checks before it stay fast
+
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -103,24 +102,14 @@ def user_error_of(err: BaseException) -> UserError | None:
 
 
 def exit_on_user_error(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``job``; a mistake the user can fix ends the process with its message, no traceback.
-
-    The message goes to stderr only: a refused command writes nothing into a run directory (not
-    even its log), and the directory Hydra made for a refused new run is removed while empty.
-    """
+    """Run ``job``; a mistake the user can fix ends the process with its message, no traceback."""
     try:
         return job(cfg)
     except Exception as err:
         user_error = user_error_of(err)
         if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        output_dir = (
-            OmegaConf.select(HydraConfig.get(), "runtime.output_dir") if HydraConfig.initialized() else None
-        )
-        if output_dir:
-            with contextlib.suppress(OSError):  # only an empty directory: never a run's files
-                Path(output_dir).rmdir()
+        print(f"error: {user_error}", file=sys.stderr)  # once: the log's console handler is stdout
         raise SystemExit(1) from None
 
 
@@ -143,18 +132,25 @@ def save_hydra_files(task_cfg: DictConfig, output_dir: Path) -> None:
         (folder / f"{name}.yaml").write_text(OmegaConf.to_yaml(part), encoding="utf-8")
 
 
-def record_failure(err: BaseException, output_dir: Path, cfg: DictConfig | None = None) -> str:
-    """The job's traceback in ``error.txt`` and ``metrics.json`` with status failed, for the report
-    (with Hydra's record of the job, which names the failed job's overrides); returns the one-line
-    summary."""
+def write_error(err: BaseException, output_dir: Path, cfg: DictConfig | None = None) -> str:
+    """The job's traceback in ``error.txt``, which marks the run failed for the report, and Hydra's
+    record of the job (which names its overrides) if the run had not written it; returns the
+    one-line summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg is not None and not (output_dir / ".hydra").is_dir():
         save_hydra_files(cfg, output_dir)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    (output_dir / "error.txt").write_text(text)
     cause = user_error_of(err) or err
     message = str(cause).strip().splitlines()
     summary = f"{type(cause).__name__}: {message[0] if message else ''}"
+    (output_dir / "error.txt").write_text(f"{text}\n{summary}\n")
+    return summary
+
+
+def record_failure(err: BaseException, output_dir: Path, cfg: DictConfig | None = None) -> str:
+    """A sweep job's failure: ``error.txt`` and ``metrics.json`` with status failed; returns the
+    one-line summary."""
+    summary = write_error(err, output_dir, cfg)
     record = {"status": "failed", "error": summary, "output_dir": str(output_dir)}
     write_metrics(record, output_dir / "metrics.json")
     return summary
@@ -176,12 +172,13 @@ def finish_wandb(exit_code: int = 0) -> None:
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``job`` as an entry point does; a W&B run never outlives its job.
 
-    A single run stops on errors (a user error exits 1 cleanly). A sweep job (``-m``) records its
-    failure in its own directory and returns None, so the other jobs of the sweep still run.
+    A single run stops on errors (a user error exits 1 cleanly) and leaves ``error.txt`` in its
+    directory. A sweep job (``-m``) records its failure in its own directory and returns None, so
+    the other jobs of the sweep still run.
     """
     multirun = in_multirun()
     try:
-        result = job(cfg) if multirun else exit_on_user_error(job, cfg)
+        result = job(cfg) if multirun else exit_on_user_error(leaving_error_file(job), cfg)
     except Exception as err:
         finish_wandb(exit_code=1)
         if not multirun:
@@ -192,3 +189,18 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return None
     finish_wandb()
     return result
+
+
+def leaving_error_file(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """``job`` that writes ``error.txt`` into its run directory when it fails, so the report says
+    failed; a resume (``resume_dir=``) never writes into the run it names, refused or not."""
+
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return job(cfg)
+        except Exception as err:
+            if HydraConfig.initialized() and not cfg.get("resume_dir"):
+                write_error(err, Path(HydraConfig.get().runtime.output_dir), cfg)
+            raise
+
+    return run

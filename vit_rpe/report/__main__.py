@@ -1,0 +1,3 @@
+from vit_rpe.report.cli import main
+
+main()
