@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.experimental.callback import Callback
+from hydra.experimental.callback import Callback as HydraCallback  # not a Lightning callback
 from omegaconf import DictConfig
 
 
@@ -41,7 +41,7 @@ def job_name(job: Path, sweep_dir: Path) -> str:
     return f"{name} ({' '.join(map(str, overrides))})" if overrides else name
 
 
-class SweepSummary(Callback):
+class SweepSummary(HydraCallback):
     """After the last job of a sweep: print which jobs failed, and exit with their number
     (at most 125, under the statuses of signals) when any did."""
 
