@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.models.test_native import needs_compiler
+from tests.helpers import needs_compiler
 from vit_rpe.bench import favor as bench_favor
 
 
