@@ -144,22 +144,24 @@ class LocalitySelfAttention(SoftmaxAttention):
         super().__init__(head_dim, attn_drop, use_flex=False)
         self.log_temperature = nn.Parameter(torch.tensor(0.5 * math.log(head_dim)))
 
-    def bias(self, q: torch.Tensor, rpe: nn.Module | None) -> torch.Tensor:
-        """[L, L] (or [H, L, L] with an RPE): -inf on the diagonal, plus log M."""
-        n = q.shape[-2]
-        diagonal = torch.zeros(n, n, dtype=q.dtype, device=q.device)
-        diagonal.fill_diagonal_(float("-inf"))
+    def bias(self, q: torch.Tensor, k: torch.Tensor, rpe: nn.Module | None) -> torch.Tensor:
+        """[Lq, Lk] (or [H, L, L] with an RPE): -inf where query i meets key i, plus log M. The
+        queries are the first Lq tokens (all of them, or the cls token alone in a ViT's last block
+        with cls pooling)."""
+        rows = torch.arange(q.shape[-2], device=q.device)
+        diagonal = torch.zeros(q.shape[-2], k.shape[-2], dtype=q.dtype, device=q.device)
+        diagonal[rows, rows] = float("-inf")
         return diagonal if rpe is None else rpe.log_mask().to(q.dtype) + diagonal
 
     def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
         drop = self.attn_drop if self.training else 0.0
         # SDPA scales by 1/sqrt(d): a query scaled by sqrt(d) / tau gives q.k / tau
         q = q * (self.log_temperature.neg().exp() / self.scale).to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(q, rpe), dropout_p=drop)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(q, k, rpe), dropout_p=drop)
 
     def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
         scores = (q @ k.transpose(-2, -1)).float() * self.log_temperature.neg().exp().float()
-        return (scores + self.bias(q, rpe).float()).softmax(-1)
+        return (scores + self.bias(q, k, rpe).float()).softmax(-1)
 
 
 def rpe_score_mod(rpe: nn.Module):

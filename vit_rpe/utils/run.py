@@ -191,6 +191,16 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     return result
 
 
+def run_directory(cfg: DictConfig) -> Path | None:
+    """The job's run directory: ``paths.output_dir`` (Hydra's job directory on the command line; a
+    test's or a script's own folder otherwise), or None where it cannot be resolved."""
+    try:
+        output_dir = OmegaConf.select(cfg, "paths.output_dir")
+    except Exception:  # an interpolation that cannot resolve here, e.g. ${hydra:...} outside Hydra
+        return None
+    return Path(output_dir) if output_dir else None
+
+
 def leaving_error_file(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """``job`` that writes ``error.txt`` into its run directory when it fails, so the report says
     failed; a resume (``resume_dir=``) never writes into the run it names, refused or not."""
@@ -199,8 +209,9 @@ def leaving_error_file(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig
         try:
             return job(cfg)
         except Exception as err:
-            if HydraConfig.initialized() and not cfg.get("resume_dir"):
-                write_error(err, Path(HydraConfig.get().runtime.output_dir), cfg)
+            output_dir = run_directory(cfg)
+            if output_dir is not None and not cfg.get("resume_dir"):
+                write_error(err, output_dir, cfg)
             raise
 
     return run
