@@ -34,7 +34,9 @@ def config_error_of(train_config, *overrides: str) -> str:
 def test_timm_with_a_study_variant_names_the_key_it_cannot_take(train_config):
     message = config_error_of(train_config, "variant=linear_patch1", "model=timm_vit")
     # patch_embed is the from-scratch ViT's; patch_size passes through to timm
-    assert "model=timm_vit" in message and "model.net.patch_embed (set by variant=linear_patch1)" in message
+    assert (
+        "model=timm_vit" in message and "model.net.patch_embed (set by variant/linear_patch1.yaml)" in message
+    )
     assert "patch_size" not in message.split("takes:")[0]
     assert "~model.net.patch_embed" in message  # the fix, as a command-line override
 
@@ -44,7 +46,7 @@ def test_hf_vit_with_a_timm_experiment_names_every_key_it_cannot_take(train_conf
     message = config_error_of(
         train_config, f"experiment={experiment}", "model=hf_vit", f"model.net.name_or_path={hf_folder}"
     )
-    refused = message.split(f" (set by experiment={experiment})")[0]
+    refused = message.split(f" (set by experiment/{experiment}.yaml)")[0]
     for key in ("name", "pretrained", "img_size", "patch_size", "drop_path_rate"):
         assert f"model.net.{key}," in refused or refused.endswith(f"model.net.{key}")
     assert "model=hf_vit" in message
@@ -61,7 +63,7 @@ def test_keys_from_a_config_group_are_traced_to_its_option(train_config):
     message = config_error_of(
         train_config, "model=hf_vit", "+model/net=small", "model.net.name_or_path=/nonexistent"
     )
-    assert "(set by model/net=small)" in message
+    assert "(set by model/net/small.yaml)" in message
 
 
 @pytest.mark.parametrize("model", ["timm_vit", "hf_vit"])
@@ -74,16 +76,17 @@ def test_rpe_with_a_pretrained_model_is_the_message_even_with_other_bad_keys(tra
 def test_timm_takes_the_size_keys_of_a_from_scratch_network(train_config):
     cfg = train_config(
         "model=timm_vit",
-        "+model/net=digits",
+        "+model/net=seed003",
         "~model.net.pool",
+        "~model.net.patch_embed",
         "model.net.pretrained=false",
         "model.net.img_size=8",
         fast=False,
     )
-    check_backbone_config(cfg.model.net, cfg.rpe.family)
+    check_backbone_config(cfg.model.net)
     net = instantiate(cfg.model.net).model
-    assert net.embed_dim == 96 and len(net.blocks) == 4 and net.patch_embed.patch_size == (2, 2)
-    assert net.blocks[0].attn.num_heads == 4 and net.blocks[0].mlp.fc1.out_features == 192
+    assert net.embed_dim == 128 and len(net.blocks) == 4 and net.patch_embed.patch_size == (2, 2)
+    assert net.blocks[0].attn.num_heads == 8 and net.blocks[0].mlp.fc1.out_features == 512
 
 
 @pytest.mark.parametrize(
@@ -95,4 +98,4 @@ def test_timm_takes_the_size_keys_of_a_from_scratch_network(train_config):
 )
 def test_every_shipped_model_and_experiment_passes_the_check(train_config, choice):
     cfg = train_config(choice, fast=False)
-    check_backbone_config(cfg.model.net, cfg.rpe.family)
+    check_backbone_config(cfg.model.net)

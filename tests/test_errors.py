@@ -79,7 +79,7 @@ TRAIN_ROWS = [
         "unknown-rpe-impl",
         ["rpe=general", "model.net.rpe_kwargs.impl=bogus"],
         ConfigError,
-        "unknown rpe.impl 'bogus'",
+        "unknown model.net.rpe_kwargs.impl 'bogus'",
     ),
     ("no-gpu", ["trainer=gpu"], ConfigError, "This machine has 0 CUDA GPUs"),
     (
@@ -129,7 +129,7 @@ TRAIN_ROWS = [
         "pretrained-scratch-keys",
         ["variant=linear_patch1", "model=timm_vit"],
         ConfigError,
-        "does not take model.net.patch_embed (set by variant=linear_patch1)",
+        "does not take model.net.patch_embed (set by variant/linear_patch1.yaml)",
     ),
     (
         "pretrained-with-rpe",

@@ -96,9 +96,11 @@ class RelativePositionMask(nn.Module):
     ):
         super().__init__()
         if distance not in DISTANCES:
-            raise ConfigError(f"unknown rpe.distance {distance!r}: choose one of {list(DISTANCES)}")
+            raise ConfigError(
+                f"unknown model.net.rpe_kwargs.distance {distance!r}: choose one of {list(DISTANCES)}"
+            )
         if impl not in IMPLS:
-            raise ConfigError(f"unknown rpe.impl {impl!r}: choose one of {list(IMPLS)}")
+            raise ConfigError(f"unknown model.net.rpe_kwargs.impl {impl!r}: choose one of {list(IMPLS)}")
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_heads = num_heads
         self.num_prefix_tokens = num_prefix_tokens
@@ -106,8 +108,8 @@ class RelativePositionMask(nn.Module):
         self.separable = self.is_separable(distance)
         if impl == "kron" and not self.separable:
             raise ConfigError(
-                f"rpe.impl=kron needs a separable mask (rpe=exp with rpe.distance=l1), "
-                f"but this is {self.describe()}: use rpe.impl=auto, quadratic, fft or dense"
+                f"model.net.rpe_kwargs.impl=kron needs a separable mask (rpe=exp with distance l1), "
+                f"but this is {self.describe()}: use impl auto, quadratic, fft or dense"
             )
         self.impl = self.resolve_impl(impl)
         # The cls token has no grid position: its row and column get exp(cls_logit[h]).
@@ -127,7 +129,7 @@ class RelativePositionMask(nn.Module):
         return False
 
     def describe(self) -> str:
-        return f"rpe={type(self).family} with rpe.distance={self.distance}"
+        return f"rpe={type(self).family} with model.net.rpe_kwargs.distance={self.distance}"
 
     def extra_repr(self) -> str:
         return (
@@ -372,7 +374,7 @@ def build_rpe(
 ) -> RelativePositionMask | None:
     """The RPE module for one attention layer, or None for ``family="none"``.
 
-    ``init`` (the ``rpe.init`` config block) and ``kwargs`` are the family's init options
+    ``init`` (the ``model.net.rpe_kwargs.init`` config block) and ``kwargs`` are the family's init options
     (general: init_std; exp: init_rate; poly: init_scale, init_power); None values are dropped.
     """
     kwargs = {**(init or {}), **kwargs}
