@@ -157,3 +157,13 @@ def test_pretrained_models_get_no_from_scratch_recipe(model, tmp_path):
 def test_eval_composes_with_every_data_option(data, tmp_path):
     cfg = compose_config("eval", [f"data={data}", "ckpt_path=x.ckpt"], tmp_path)
     assert cfg.data._target_ and "model" not in cfg
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_an_experiment_that_sweeps_is_always_a_sweep(path):
+    """docs/configs.md, Multirun: sweeper params <=> hydra.mode MULTIRUN, in every experiment."""
+    hydra = OmegaConf.load(path).get("hydra") or {}
+    sweeps = bool((hydra.get("sweeper") or {}).get("params"))
+    assert (hydra.get("mode") == "MULTIRUN") == sweeps, (
+        f"{path.name}: sweeps={sweeps}, mode={hydra.get('mode')}"
+    )
