@@ -33,6 +33,8 @@ def moved(label: str, old: dict) -> dict:
     for part in ("optimizer", "scheduler"):
         if f"model.{part}._target_" in new:
             new[f"model.{part}._partial_"] = True
+    if new.get("model.net.attention") == "performer":  # the C kernel became an opt-in
+        new["model.net.attention_kwargs.native_kernel"] = False
     if label in SWEEPS:
         new["hydra.mode"] = "RunMode.MULTIRUN"
     return new

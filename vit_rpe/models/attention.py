@@ -215,9 +215,11 @@ class PerformerAttention(FeatureMapAttention):
         redraw_interval: int = 1000,
         ortho: bool = True,
         eps: float = EPS,
+        native_kernel: bool = False,
     ):
         super().__init__(head_dim, attn_drop, eps)
         self.nb_features = nb_features or default_nb_features(head_dim)
+        self.native_kernel = native_kernel  # opt-in: favor.c, compiled on first use (native.py)
         self.redraw_interval = redraw_interval
         self.ortho = ortho
         # Plain ints (saved through get_extra_state): checking the schedule never syncs a GPU.
@@ -265,12 +267,13 @@ class PerformerAttention(FeatureMapAttention):
 
     def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
         """With rpe.impl=quadratic (small grids) features, masked kernel matrix and normalisation
-        are one step, masked_favor_attention (fused.py: a C kernel, or one autograd Function):
+        are one step, masked_favor_attention (fused.py: one autograd Function, or the C kernel):
         the same numbers in a fraction of the operations, which at small grids are most of the
         attention's time."""
         if rpe is not None and rpe.impl == "quadratic":
             mask = rpe.mask().to(q.dtype)  # [H, L, L]
-            return masked_favor_attention(q, k, v, self.projection.to(q.dtype), mask, self.eps)
+            w = self.projection.to(q.dtype)
+            return masked_favor_attention(q, k, v, w, mask, self.eps, native_kernel=self.native_kernel)
         return super().attend(q, k, v, rpe)
 
     def features(self, q, k):

@@ -257,10 +257,11 @@ def pointers(*tensors: torch.Tensor | None) -> list[int | None]:
     return [None if t is None else t.data_ptr() for t in tensors]
 
 
-def masked_favor_attention(q, k, v, w, mask, eps: float) -> torch.Tensor:
-    """Performer attention under the mask [H, L, L]: the C kernel where it applies and builds
-    (native.py), else MaskedFavorAttention; the same numbers either way."""
-    lib = native.favor_kernel_for(q, w)
+def masked_favor_attention(q, k, v, w, mask, eps: float, native_kernel: bool = False) -> torch.Tensor:
+    """Performer attention under the mask [H, L, L]: MaskedFavorAttention, or, asked for with
+    ``native_kernel``, the C kernel where it applies and builds (native.py); the same numbers to
+    rounding either way."""
+    lib = native.favor_kernel_for(q, w) if native_kernel else None
     if lib is None:
         return MaskedFavorAttention.apply(q, k, v, w, mask, eps)
     return NativeMaskedFavorAttention.apply(lib, q, k, v, w, mask, eps)
