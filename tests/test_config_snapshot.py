@@ -30,6 +30,7 @@ def renamed(override: str) -> str:
 def moved(label: str, old: dict) -> dict:
     """The snapshot's config with the documented key moves applied."""
     new = {k: v for k, v in old.items() if not k.startswith("rpe.")}  # now model.net.rpe(_kwargs)
+    new["threads"] = None  # torch's CPU threads: the default, from the usable CPUs
     for part in ("optimizer", "scheduler"):
         if f"model.{part}._target_" in new:
             new[f"model.{part}._partial_"] = True

@@ -81,6 +81,7 @@ TRAIN_ROWS = [
         ConfigError,
         "unknown model.net.rpe_kwargs.impl 'bogus'",
     ),
+    ("threads-zero", ["threads=0"], ConfigError, "threads=0: give a number of CPU threads"),
     ("no-gpu", ["trainer=gpu"], ConfigError, "This machine has 0 CUDA GPUs"),
     (
         "mnist-missing-no-download",

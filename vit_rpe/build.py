@@ -25,6 +25,7 @@ from vit_rpe.origins import who_set
 from vit_rpe.tasks import ImageClassifier
 from vit_rpe.utils.checkpoint import load_weights, read_task_checkpoint
 from vit_rpe.utils.errors import CheckpointError, ConfigError
+from vit_rpe.utils.threads import set_threads
 
 log = logging.getLogger("vit_rpe.build")
 
@@ -40,6 +41,7 @@ def build_run(
     ones, so a pretrained backbone is rebuilt from the checkpoint's record of its source, not
     from the hub or the source file (they may be gone, and their weights would be thrown away).
     """
+    set_threads(cfg.get("threads"))
     ckpt = read_task_checkpoint(ckpt_path) if ckpt_path else None
     datamodule: ImageDataModule = instantiate(cfg.data)
     fill_data_metadata(cfg, datamodule)
