@@ -43,7 +43,9 @@ def set_threads(threads: int | None) -> int:
         )
     count = threads or default_threads()
     torch.set_num_threads(count)
-    log.info(
-        "CPU threads: %d (%s)", count, "threads=" if threads else "default: the CPUs this process may use"
-    )
+    if threads:
+        source = "threads="
+    else:
+        source = "OMP_NUM_THREADS" if "OMP_NUM_THREADS" in os.environ else "the CPUs this process may use"
+    log.info("CPU threads: %d (%s)", count, source)
     return count
