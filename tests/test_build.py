@@ -4,6 +4,7 @@ cannot take is one message that says which keys, who set them and what to do."""
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, FAST
@@ -99,3 +100,23 @@ def test_timm_takes_the_size_keys_of_a_from_scratch_network(train_config):
 def test_every_shipped_model_and_experiment_passes_the_check(train_config, choice):
     cfg = train_config(choice, fast=False)
     check_backbone_config(cfg.model.net)
+
+
+def test_a_checkpoint_saved_before_partial_factories_builds_as_one_saved_after():
+    """docs/configs.md, Key moves: optimizer and scheduler configs of older checkpoints lack
+    ``_partial_: true``; the task would refuse them."""
+    from vit_rpe.build import with_partial_factories
+    from vit_rpe.tasks import ImageClassifier
+
+    saved = {
+        "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3},
+        "scheduler": {"_target_": "vit_rpe.tasks.optim.warmup_cosine", "warmup_epochs": 1},
+    }
+    upgraded = with_partial_factories(dict(saved))
+    assert upgraded["optimizer"] == {**saved["optimizer"], "_partial_": True}
+    assert upgraded["scheduler"]["_partial_"] is True and "_partial_" not in saved["optimizer"]
+    assert with_partial_factories({"optimizer": None}) == {"optimizer": None}
+    net = torch.nn.Linear(2, 3)
+    with pytest.raises(ConfigError, match=r"model\.optimizer .* _partial_: true"):
+        ImageClassifier(net, num_classes=3, optimizer=saved["optimizer"])
+    ImageClassifier(net, num_classes=3, optimizer=upgraded["optimizer"])  # builds
