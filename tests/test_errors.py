@@ -225,8 +225,8 @@ CLI_ROWS = {
         "error: rpe=exp works with the from-scratch ViT only",
     ),
     "cli-pretrained-with-scratch-keys": (
-        ["experiment=mnist_vit_small_pretrained_vs_scratch", "model=hf_vit"],
-        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.name",
+        ["variant=linear_patch1", "model=hf_vit"],
+        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.patch_size",
     ),
 }
 
