@@ -18,8 +18,10 @@ CONF_DIR = ROOT / "conf"
 # Real MNIST files, for the tests that use them (skipped without): ../shared/data/mnist or $VIT_RPE_MNIST.
 SHARED_MNIST = Path(os.environ.get("VIT_RPE_MNIST") or ROOT.parent / "shared" / "data" / "mnist")
 
-# One thread per test process: tests run in parallel (pytest-xdist) on small machines.
+# One thread per test process: tests run in parallel (pytest-xdist) on small machines; runs built
+# by the tests take the same (threads: null follows OMP_NUM_THREADS).
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
