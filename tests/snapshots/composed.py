@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -81,10 +82,16 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
 def compose_all(overrides_of: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
     out = {}
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for label, overrides in overrides_of.items():
-            out[label] = plain(compose("train", overrides=overrides, return_hydra_config=True))
-    GlobalHydra.instance().clear()
+    # outside a run, as in a fresh process: a run's config left by an earlier test would resolve
+    # ${hydra:runtime.output_dir}
+    running, HydraConfig.instance().cfg = HydraConfig.instance().cfg, None
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for label, overrides in overrides_of.items():
+                out[label] = plain(compose("train", overrides=overrides, return_hydra_config=True))
+    finally:
+        HydraConfig.instance().cfg = running
+        GlobalHydra.instance().clear()
     return out
 
 
