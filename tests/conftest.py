@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -46,6 +48,17 @@ FAST = (
 LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.net.pool=mean")
 
 
+class Crash(L.Callback):
+    """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
 def quiet_trainer(tmp_path: Path, **options) -> L.Trainer:
     """A CPU Trainer that logs, checkpoints and prints nothing unless ``options`` say so."""
     quiet = dict(
@@ -66,6 +79,30 @@ def compose_config(config_name: str, overrides, output_dir: Path, conf_dir: Path
         cfg.paths.log_dir = str(output_dir.parent)
         del cfg.hydra
     return cfg
+
+
+def run_train_main(*args: str, monkeypatch) -> int:
+    """The CLI's Hydra main in this process: ``python -m vit_rpe.train ARGS`` less the Python
+    start-up, which on two busy cores is most of a small sweep's time. Returns the exit code."""
+    from vit_rpe.train import main
+
+    monkeypatch.setattr(sys, "argv", ["vit_rpe/train.py", *args])
+    # Find conf/ beside the file, as `python -m vit_rpe.train` does (an imported main looks for a module).
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
+    GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        main()
+    except SystemExit as exit_info:
+        return exit_info.code or 0
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:  # the job's logging, as at the end of a process
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    return 0
 
 
 @pytest.fixture

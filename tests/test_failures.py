@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from safetensors.torch import save_file
 
-from vit_rpe.callbacks.safety import NonFiniteLossError
+from vit_rpe.callbacks.nan_guard import NonFiniteLossError
 from vit_rpe.train import train
 from vit_rpe.utils.checkpoint import load_net_weights
 from vit_rpe.utils.errors import CheckpointError

@@ -20,7 +20,7 @@ PACKAGE = Path(vit_rpe.__file__).parent
 LIGHTNING_OBJECTS = ("trainer", "loop", "strategy", "pl_module", "lightning_module")
 
 # private attribute -> where vit_rpe uses it (each one is tested below)
-PINNED = {"_logger_connector": "vit_rpe.callbacks.safety.log_step_metrics"}
+PINNED = {"_logger_connector": "vit_rpe.callbacks.last_checkpoint.log_step_metrics"}
 
 
 def is_private(name: str) -> bool:
@@ -124,11 +124,11 @@ def test_update_train_step_metrics_logs_the_batch_that_ends(tmp_path):
     )
     update = getattr(getattr(trainer, "_logger_connector", None), "update_train_step_metrics", None)
     assert callable(update), (
-        f"lightning {L.__version__} has no {call}: vit_rpe.callbacks.safety.log_step_metrics needs "
+        f"lightning {L.__version__} has no {call}: vit_rpe.callbacks.last_checkpoint.log_step_metrics needs "
         "another way to log the interrupted batch's metrics before it exits"
     )
     trainer.fit(LogsAStepMetric())
     assert [(step, metrics.get("train/value")) for step, metrics in probe.seen] == [(1, 2.0)], (
         f"lightning {L.__version__}: {call} in on_train_batch_end of batch 1 logged {probe.seen}, "
-        "not that batch's metrics at step 1: see vit_rpe.callbacks.safety.log_step_metrics"
+        "not that batch's metrics at step 1: see vit_rpe.callbacks.last_checkpoint.log_step_metrics"
     )

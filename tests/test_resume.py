@@ -15,8 +15,8 @@ import torch
 from omegaconf import open_dict
 from torch.multiprocessing import ProcessExitedException
 
-from tests.conftest import FAST, compose_config
-from vit_rpe.callbacks.safety import EXIT_SIGINT, EXIT_SIGTERM
+from tests.conftest import FAST, Crash, compose_config
+from vit_rpe.callbacks.last_checkpoint import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.tasks.optim import warmup_cosine
 from vit_rpe.train import train
 from vit_rpe.utils.checkpoint import read_checkpoint
@@ -39,17 +39,6 @@ COMPARED = ("val/acc", "val/loss", "val/acc_best", "test/acc", "test/loss", "tra
 TIMINGS = ("train/epoch_time", "train/images_per_sec")
 
 
-class Crash(L.Callback):
-    """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 class Interrupt(L.Callback):
     """Sends this process SIGINT in the middle of an epoch, as Ctrl+C would."""
 
@@ -68,7 +57,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def run_with(cfg, callback: L.Callback):
     """train(cfg) with one extra callback (the fault injected by the test)."""
     with open_dict(cfg):
-        cfg.callbacks["fault"] = {"_target_": f"{__name__}.{type(callback).__name__}", **callback.__dict__}
+        cfg.callbacks["fault"] = {
+            "_target_": f"{type(callback).__module__}.{type(callback).__name__}",
+            **callback.__dict__,
+        }
     return train(cfg)
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, compose_config, run_train_main
 from vit_rpe.train import train
 from vit_rpe.utils.run import in_multirun, run_job
 
@@ -50,33 +49,20 @@ def run_train_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> s
     return done
 
 
-def run_train_main(*args: str, monkeypatch) -> int:
-    """The CLI's Hydra main in this process: ``python -m vit_rpe.train ARGS`` less the Python
-    start-up, which on two busy cores is most of a small sweep's time. Returns the exit code."""
-    from vit_rpe.train import main
-
-    monkeypatch.setattr(sys, "argv", ["vit_rpe/train.py", *args])
-    # Find conf/ beside the file, as `python -m vit_rpe.train` does (an imported main looks for a module).
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-    GlobalHydra.instance().clear()
-    try:
-        main()
-    except SystemExit as exit_info:
-        return exit_info.code or 0
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
-
-
 def read_report(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
 
 
-def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+def test_a_failed_job_is_recorded_the_sweep_goes_on_and_exits_with_the_failures(
+    tmp_path, monkeypatch, capsys
+):
     sweep = tmp_path / "sweep"
     args = ("-m", "model.net.patch_size=3,2", *SWEEP_FAST, f"hydra.sweep.dir={sweep}")
-    assert run_train_main(*args, monkeypatch=monkeypatch) == 0, "a failed job must not end the sweep"
+    assert run_train_main(*args, monkeypatch=monkeypatch) == 1, "the exit status counts the failed jobs"
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith(f"sweep {sweep}: 1 of 2 jobs failed: 0 (model.net.patch_size=3")
+    assert "ConfigError: patch_size 3 does not divide" in summary
 
     failed, completed = sweep / "0", sweep / "1"
     record = json.loads((failed / "metrics.json").read_text())
@@ -99,7 +85,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert float(rows[1]["val_acc_best"]) == pytest.approx(job["val/acc_best"])
 
 
-def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatch):
+def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatch, capsys):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
     sweep = tmp_path / "search"
     code = run_train_main(
@@ -110,7 +96,8 @@ def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatc
         f"hydra.sweep.dir={sweep}",
         monkeypatch=monkeypatch,
     )
-    assert code == 0
+    assert code == 0  # no trial failed
+    assert "3 jobs, none failed" in capsys.readouterr().out
     trials = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
     assert [p.name for p in trials] == ["0", "1", "2"]
 

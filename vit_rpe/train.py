@@ -25,6 +25,7 @@ from vit_rpe.utils.run import (
     print_config_tree,
     print_metrics,
     run_job,
+    save_hydra_files,
     to_float,
     write_metrics,
 )
@@ -59,41 +60,48 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
     Returns the metrics also written to ``<output_dir>/metrics.json``.
     """
     check_config(cfg)
+    from vit_rpe.utils.resume import finished_metrics, nothing_to_do_message, resume_config
+
+    composed = copy.deepcopy(cfg)  # Hydra's record of the job, written once the run is accepted
+    cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
+    if (finished := finished_metrics(cfg)) is not None:  # and leave every file of it as it is
+        print(nothing_to_do_message(finished, cfg))
+        return finished
     from lightning.pytorch.utilities import rank_zero_only
 
     from vit_rpe.build import build_run
-    from vit_rpe.utils.checkpoint import (
-        check_fits,
-        continue_csv_logs,
-        read_task_checkpoint,
-        resume_config,
-        uncompiled,
-    )
+    from vit_rpe.callbacks.last_checkpoint import exit_status_on_sigterm
+    from vit_rpe.utils.checkpoint import check_fits, read_task_checkpoint, uncompiled
     from vit_rpe.utils.cost import cost_per_image
+    from vit_rpe.utils.csv_log import continue_csv_logs
     from vit_rpe.utils.trainer import instantiate_trainer
 
-    cfg = resume_config(cfg)  # resume_dir=<run dir>: that run's saved config, continued
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if cfg.get("train", True) else None
     resumed = read_task_checkpoint(ckpt_path) if ckpt_path else None
     datamodule, model = build_run(cfg, resuming=resumed)
-    if show_config:
-        print_config_tree(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-
+    if resumed is not None:  # fail before training on a checkpoint of another model
+        check_fits(model, resumed, ckpt_path)
     callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_named(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if resumed is not None:  # fail before training on a checkpoint of another model; keep the CSV log going
-        check_fits(model, resumed, ckpt_path)
+    if show_config:
+        print_config_tree(cfg)
+
+    # Every check passed: from here on the run directory is written.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:  # torchrun/SLURM start every rank with this command line
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        if not cfg.get("resume_dir"):  # a resumed run keeps the record of how it was started
+            save_hydra_files(composed, output_dir)
+    if resumed is not None:  # keep the CSV log going
         continue_csv_logs(loggers, int(resumed.get("global_step", 0)))
         del resumed  # Lightning reads it again, with the optimizer and loop states
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with exit_status_on_sigterm():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
     run_keys = [k for k in fit_metrics if k.startswith("run/")]  # the classifier's on_fit_end
     run_stats = {k.removeprefix("run/"): fit_metrics.pop(k) for k in run_keys}
@@ -105,7 +113,8 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
         best = best_checkpoint(trainer)
         if not best:
             log.warning("no best checkpoint: testing the weights the model has now")
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        with exit_status_on_sigterm():
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
         test_metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
 
     exported = None

@@ -1,4 +1,4 @@
-"""Checkpoints at the boundary: read them safely, check they fit the model, resume runs.
+"""Checkpoints at the boundary: read them safely, check they fit the model.
 
 Everything here turns a bad checkpoint into a ``CheckpointError`` that names the file and the
 fix, and loads with ``weights_only=True`` (no pickled code runs). Formats:
@@ -11,17 +11,15 @@ fix, and loads with ``weights_only=True`` (no pickled code runs). Formats:
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vit_rpe.utils.errors import CheckpointError, ConfigError
+from vit_rpe.utils.errors import CheckpointError
 
 log = logging.getLogger("vit_rpe.checkpoint")
 
@@ -200,102 +198,3 @@ def load_net_weights(net: nn.Module, path: str | Path, strict: bool = True) -> n
     # such as safetensors cannot hold them: a file without them keeps the backbone's own.
     state |= {k: v for k, v in model_state(net).items() if k.endswith("_extra_state") and k not in state}
     return load_weights(net, state, strict=strict, source=path)
-
-
-# ----------------------------------------------------------------------------------------------
-# Resuming a run in its own directory
-
-
-def resume_config(cfg: DictConfig) -> DictConfig:
-    """``resume_dir=<run dir>``: the run's saved config, with this command's key=value overrides.
-
-    The saved ``config.yaml`` says what the run was (model, data, trainer, seed); overrides given
-    with ``resume_dir`` change it (``trainer.max_epochs=20`` trains on). Config groups
-    (``model=...``) cannot be switched on a run that already has weights of one model.
-    """
-    resume_dir = cfg.get("resume_dir")
-    if not resume_dir:
-        return cfg
-    run_dir = Path(resume_dir)
-    saved_path = run_dir / "config.yaml"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not run_dir.is_dir():
-        raise CheckpointError(f"resume_dir={resume_dir} is not a directory: give the run directory to resume")
-    if not saved_path.is_file():
-        raise CheckpointError(f"resume_dir={resume_dir} has no config.yaml: not a training run directory")
-    if not last.is_file() and not cfg.get("ckpt_path"):
-        raise CheckpointError(
-            f"{last} does not exist: the run saved no checkpoint to resume from (it stopped before its "
-            "first epoch ended, or ran with callbacks.model_checkpoint=null); start a new run"
-        )
-    text = saved_path.read_text()
-    saved = OmegaConf.create(text)
-    old_dir = str(saved.paths.output_dir)
-    if Path(old_dir).resolve() != run_dir.resolve():  # the run directory was moved or copied
-        saved = OmegaConf.create(text.replace(old_dir, str(run_dir)))
-    apply_overrides(saved, task_overrides(), saved_path)
-    saved.paths.output_dir = str(run_dir)
-    saved.resume_dir = str(run_dir)
-    saved.ckpt_path = cfg.get("ckpt_path") or "last"
-    return saved
-
-
-def task_overrides() -> list[str]:
-    """This command line's overrides (not hydra.*), when Hydra composed the config."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)
-
-
-def apply_overrides(saved: DictConfig, overrides: Iterable[str], saved_path: Path) -> None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    groups = []
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        key = override.key_or_group
-        if key in ("resume_dir", "ckpt_path") or key.startswith("hydra."):
-            continue
-        value = override.value()
-        if "." not in key and isinstance(value, str) and isinstance(saved.get(key), DictConfig):
-            groups.append(override.input_line)
-            continue
-        if override.is_delete():
-            OmegaConf.update(saved, key, None, force_add=True)
-            continue
-        OmegaConf.update(saved, key, value, merge=False, force_add=True)
-    if groups:
-        raise ConfigError(
-            f"resume_dir continues the run with its saved config ({saved_path}); config groups cannot be "
-            f"switched when resuming: drop {' '.join(groups)} (key=value overrides such as "
-            "trainer.max_epochs=20 are applied), or start a new run"
-        )
-
-
-def continue_csv_logs(loggers: Iterable[Any], global_step: float) -> None:
-    """Keep a resumed run's metrics.csv: Lightning's CSVLogger deletes it when it opens the folder.
-
-    Rows up to the checkpoint's step are kept (rows logged after it are redone by the resumed
-    run), and new rows are appended under the same header. Also used before testing after
-    ``ddp_spawn`` training, whose logger lived in the worker processes.
-    """
-    from lightning.pytorch.loggers import CSVLogger
-
-    for logger in loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        path = Path(logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [row for row in reader if not row.get("step") or float(row["step"]) <= global_step]
-        writer = logger.experiment  # opening the folder removes metrics.csv; write the kept rows back
-        with path.open("w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=header)
-            out.writeheader()
-            out.writerows(rows)
-        writer.metrics_keys = header
-        log.info("continuing %s (%d rows kept)", path, len(rows))

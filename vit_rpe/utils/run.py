@@ -118,10 +118,27 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def write_error(err: BaseException, output_dir: Path) -> str:
-    """The job's traceback in ``error.txt``, which marks the run failed for the report; returns the
+def save_hydra_files(task_cfg: DictConfig, output_dir: Path) -> None:
+    """Hydra's record of the job in ``<output_dir>/.hydra`` (config, hydra and overrides.yaml), as
+    Hydra writes it at job start. train.yaml sets ``hydra.output_subdir`` to null and train() calls
+    this once the run is accepted, so that a refused command writes nothing into a run directory."""
+    if not HydraConfig.initialized():
+        return
+    folder = output_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.instance().cfg
+    parts = {"config": task_cfg, "hydra": hydra_cfg, "overrides": hydra_cfg.hydra.overrides.task}
+    for name, part in parts.items():
+        (folder / f"{name}.yaml").write_text(OmegaConf.to_yaml(part), encoding="utf-8")
+
+
+def write_error(err: BaseException, output_dir: Path, cfg: DictConfig | None = None) -> str:
+    """The job's traceback in ``error.txt``, which marks the run failed for the report, and Hydra's
+    record of the job (which names its overrides) if the run had not written it; returns the
     one-line summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg is not None and not (output_dir / ".hydra").is_dir():
+        save_hydra_files(cfg, output_dir)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     cause = user_error_of(err) or err
     message = str(cause).strip().splitlines()
@@ -130,10 +147,10 @@ def write_error(err: BaseException, output_dir: Path) -> str:
     return summary
 
 
-def record_failure(err: BaseException, output_dir: Path) -> str:
+def record_failure(err: BaseException, output_dir: Path, cfg: DictConfig | None = None) -> str:
     """A sweep job's failure: ``error.txt`` and ``metrics.json`` with status failed; returns the
     one-line summary."""
-    summary = write_error(err, output_dir)
+    summary = write_error(err, output_dir, cfg)
     record = {"status": "failed", "error": summary, "output_dir": str(output_dir)}
     write_metrics(record, output_dir / "metrics.json")
     return summary
@@ -167,7 +184,7 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not multirun:
             raise
         output_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = record_failure(err, output_dir)
+        summary = record_failure(err, output_dir, cfg)
         log.error("job failed, the sweep goes on: %s (traceback in %s)", summary, output_dir / "error.txt")
         return None
     finish_wandb()
@@ -183,7 +200,7 @@ def leaving_error_file(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig
             return job(cfg)
         except Exception as err:
             if HydraConfig.initialized() and not cfg.get("resume_dir"):
-                write_error(err, Path(HydraConfig.get().runtime.output_dir))
+                write_error(err, Path(HydraConfig.get().runtime.output_dir), cfg)
             raise
 
     return run
