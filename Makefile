@@ -11,6 +11,8 @@ EXTRAS ?= --extra dev
 STAMP := $(VENV)/.installed
 # pytest workers: tests pin one thread each, so one worker per core
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# the real MNIST files some tests read, when the workplace has them beside the repo
+MNIST ?= $(wildcard $(CURDIR)/../shared/data/mnist)
 
 .PHONY: help install train test test-full lint format bench clean
 
@@ -31,10 +33,10 @@ train: install ## the main job: a small ViT on the bundled digits, CPU, about 2 
 	$(PY) -m vit_rpe.train experiment=quickstart
 
 test: install ## the test suite without the slow tests (every feature end to end at tiny sizes)
-	$(PY) -m pytest -m "not slow" -n $(JOBS) -q
+	VIT_RPE_MNIST=$(MNIST) $(PY) -m pytest -m "not slow" -n $(JOBS) -q --durations=15
 
 test-full: install ## every test, the slow learning and scaling runs included
-	$(PY) -m pytest -n $(JOBS) -q
+	VIT_RPE_MNIST=$(MNIST) $(PY) -m pytest -n $(JOBS) -q --durations=15
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check vit_rpe tests

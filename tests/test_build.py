@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, FAST
-from tests.models.test_pretrained import save_tiny_hf_vit
+from tests.helpers import save_tiny_hf_vit
 from vit_rpe.build import check_backbone_config
 from vit_rpe.train import train
 from vit_rpe.utils.errors import ConfigError

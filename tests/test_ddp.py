@@ -236,3 +236,55 @@ def test_frozen_backbone_under_ddp_sim(tmp_path, finetune, frozen_epochs):
         else:
             assert changed == set(before), f"epoch {epoch}: not trained: {sorted(set(before) - changed)}"
         before = after
+
+
+class SamplerLog(L.Callback):
+    """Each rank writes the training sampler's type, its rank and world, and the epoch's indices."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sampler = trainer.train_dataloader.sampler
+        record = {
+            "type": type(sampler).__name__,
+            "ranks": [sampler.rank, sampler.num_replicas],
+            "indices": list(sampler),
+        }
+        (Path(self.dirpath) / f"sampler-rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_the_cifar_recipe_under_ddp_sim_deals_repeated_augmentation_to_the_ranks(tmp_path):
+    """data=cifar10's recipe (random erasing, mixup/cutmix, repeated augmentation x3) plus EMA and an
+    odd batch under 2 processes: Lightning keeps our sampler (it is a DistributedSampler) and each
+    rank gets its share of every image's three copies."""
+    from vit_rpe.data.synthetic import write_cifar10
+
+    write_cifar10(tmp_path / "cifar", n_train=300, n_test=20)
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        "train",
+        [
+            *COMMON,
+            "data=cifar10",
+            f"data.data_dir={tmp_path}/cifar",
+            "data.val_size=0.2",
+            "data.randaugment=null",
+            "data.batch_size=7",
+            "trainer=ddp_sim",
+            "model.ema_decay=0.9",
+            "model.net.patch_size=8",
+        ],
+        run_dir,
+    )
+    with open_dict(cfg):
+        cfg.callbacks.sampler_log = {"_target_": f"{__name__}.SamplerLog", "dirpath": str(tmp_path)}
+    metrics = train(cfg)
+    ranks = [json.loads((tmp_path / f"sampler-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["type"] for r in ranks] == ["RepeatedAugmentationSampler"] * 2  # not wrapped again
+    assert [r["ranks"] for r in ranks] == [[0, 2], [1, 2]]
+    drawn = ranks[0]["indices"] + ranks[1]["indices"]
+    assert len(ranks[0]["indices"]) == len(ranks[1]["indices"]) == 120  # 240 images: half each
+    counts = torch.bincount(torch.tensor(drawn))
+    assert counts.max() == 3 and set(ranks[0]["indices"]) & set(ranks[1]["indices"])  # copies on both
+    assert "val/acc_ema" in metrics and metrics["epochs"] == 2

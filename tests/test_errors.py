@@ -95,6 +95,12 @@ TRAIN_ROWS = [
         "embed_dim 30 is not divisible by num_heads 4",
     ),
     ("unknown-attention", ["model.net.attention=nope"], ConfigError, "unknown attention 'nope'"),
+    (
+        "spt-patch-too-small",
+        ["model.net.patch_embed=spt", "model.net.patch_size=1"],
+        ConfigError,
+        "patch_embed=spt shifts the image by half a patch, so it needs model.net.patch_size >= 2",
+    ),
     ("ema-decay-outside", ["model.ema_decay=1.5"], ConfigError, "model.ema_decay=1.5 must be in (0, 1)"),
     (
         "attention-not-importable",

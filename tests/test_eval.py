@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import safetensors.torch
-import timm
-import torch
 
 from tests.conftest import FAST, ROOT, compose_config
-from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
+from tests.helpers import pretrained_source
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
 
@@ -65,27 +62,6 @@ def test_eval_cli_writes_metrics_in_its_run_dir(trained, tmp_path):
     written = json.loads((Path(tmp_path) / "cli_eval" / "metrics.json").read_text())
     assert written["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert written["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
-
-
-def pretrained_source(model: str, folder: Path) -> list[str]:
-    """A tiny pretrained checkpoint in the library's own format, and the overrides that fine-tune it
-    at 16x16 with the checkpoint's normalisation (digits are 8x8, with their own mean and std)."""
-    if model == "hf_vit":
-        save_tiny_hf_vit(folder, image_size=16)
-        return [f"model.net.name_or_path={folder}"]
-    torch.manual_seed(0)
-    weights = folder / "vit_tiny.safetensors"
-    folder.mkdir()
-    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_TIMM)
-    safetensors.torch.save_file(source.state_dict(), weights)
-    sizes = [f"+model.net.model_kwargs.{key}={value}" for key, value in TINY_TIMM.items()]
-    return [
-        "model.net.name=vit_tiny_patch16_224",
-        f"model.net.checkpoint_path={weights}",
-        "model.net.img_size=16",
-        "model.net.patch_size=4",
-        *sizes,
-    ]
 
 
 @pytest.mark.parametrize("model", ["timm_vit", "hf_vit"])

@@ -51,3 +51,18 @@ def test_every_callback_lives_in_the_callbacks_package():
                 if bases & {"L.Callback", "Callback", "lightning.Callback", "pl.Callback"}:
                     defined_elsewhere.append(f"{path}: {node.name}")
     assert not defined_elsewhere, f"callbacks outside vit_rpe/callbacks/: {defined_elsewhere}"
+
+
+TESTS = Path(__file__).parent
+
+
+def test_tests_mirror_the_package_and_import_no_other_test_module():
+    """tests/<name>/ exists only for a subpackage vit_rpe/<name>/; shared helpers live in conftest.py
+    and helpers.py, so no test module imports another (a test moved or renamed breaks nothing)."""
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name not in ("__pycache__", "snapshots")}
+    assert folders <= subpackages, f"test folders without a package: {sorted(folders - subpackages)}"
+    for path in sorted(TESTS.rglob("test_*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        test_modules = {m for m in imported_modules(tree) if m and m.split(".")[-1].startswith("test_")}
+        assert not test_modules, f"{path.relative_to(TESTS)} imports test modules {sorted(test_modules)}"

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from tests.conftest import FAST, LEARNS, ROOT, compose_config
-from tests.test_eval import pretrained_source
+from tests.helpers import pretrained_source
 from vit_rpe.data.synthetic import class_images, write_mnist, write_split_images
 from vit_rpe.eval import evaluate
 from vit_rpe.predict import EXIT_SOME_FAILED, predict, run

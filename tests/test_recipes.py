@@ -85,3 +85,19 @@ def test_mnist_recipe_reaches_96_percent_on_real_digits(train_config, real_mnist
         )
     )
     assert metrics["epochs"] == 20 and metrics["test/acc"] >= 0.96, metrics
+
+
+def test_the_small_dataset_vit_learns_cifar10_from_the_command_line_config(train_config, tmp_path):
+    """variant=sl_vit data=cifar10: shifted patches and locality self-attention on the recipe."""
+    write_cifar10(tmp_path, n_train=500, n_test=100)
+    metrics = tiny_run(
+        train_config,
+        "variant=sl_vit",
+        "data=cifar10",
+        f"data.data_dir={tmp_path}",
+        "data.val_size=0.2",
+        "data.batch_size=32",
+        "trainer.max_epochs=6",
+        "model.scheduler.warmup_epochs=1",
+    )
+    assert metrics["test/acc"] >= 0.3, metrics  # chance is 0.1

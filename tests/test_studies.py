@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config, run_train_main
-from tests.test_sweep import SWEEP_FAST, read_report
+from tests.helpers import SWEEP_FAST, read_report
 from vit_rpe.data.synthetic import write_mnist
 from vit_rpe.report import Run, experiment_key, load_run, make_report
 

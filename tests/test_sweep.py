@@ -3,55 +3,17 @@ finds and records its best parameters; single runs still stop on errors."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import FAST, compose_config, run_train_main
+from tests.helpers import SWEEP_FAST, read_report, run_train_cli
 from vit_rpe.train import train
 from vit_rpe.utils.run import in_multirun, run_job
-
-# FAST with fewer batches: every job of a sweep pays the full start-up anyway.
-SWEEP_FAST = (
-    *FAST,
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-)
-
-
-def run_train_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m vit_rpe.train ARGS`` as a user types it, in ``cwd``, one thread, W&B offline."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "offline",
-        "HYDRA_FULL_ERROR": "1",
-        **(env or {}),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "vit_rpe.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        print(done.stdout[-3000:], done.stderr[-5000:])
-    return done
-
-
-def read_report(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def test_a_failed_job_is_recorded_the_sweep_goes_on_and_exits_with_the_failures(

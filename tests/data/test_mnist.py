@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED_MNIST
+from tests.conftest import SHARED_MNIST, needs_real_mnist
 from vit_rpe.data import DigitsDataModule, MNISTDataModule
 from vit_rpe.data.mnist import read_idx
 from vit_rpe.data.synthetic import write_idx, write_mnist
@@ -17,7 +17,7 @@ from vit_rpe.utils.errors import DataError
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
-needs_shared = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not here")
+needs_shared = needs_real_mnist
 
 
 @needs_shared

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_MNIST
+from tests.conftest import needs_real_mnist
 from vit_rpe.data import MNISTDataModule
 from vit_rpe.data.mnist import read_idx
 from vit_rpe.data.synthetic import write_idx
@@ -87,7 +87,7 @@ def test_bad_source_or_size_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not here")
+@needs_real_mnist
 def test_the_shared_files_give_8000_and_2000(real_mnist_folder):
     """The tests' real_mnist_folder is this folder."""
     assert len(read_idx(real_mnist_folder / "train-labels-idx1-ubyte.gz")) == 8000

@@ -9,31 +9,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import autograd_performer, perturbed_rpe, qkv
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models import attention as attention_module
 from vit_rpe.models import fused as fused_module
-from vit_rpe.models.attention import PerformerAttention, build_kernel, default_nb_features
-from vit_rpe.models.rpe import build_rpe
+from vit_rpe.models.attention import KERNELS, PerformerAttention, build_kernel, default_nb_features
+from vit_rpe.models.rpe import RPES as RPES_REGISTRY
+from vit_rpe.models.rpe import RelativePositionMask, build_rpe
 from vit_rpe.utils.errors import ConfigError
 
-GRID = (7, 9)
-RPE_CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
-ATTENTIONS = ("softmax", "performer", "linear")
-RPES = ("none", "general", "exp", "poly")
-
-
-def perturbed_rpe(family, distance, prefix, heads=2, dtype=torch.float64, grid=GRID):
-    torch.manual_seed(1)
-    rpe = build_rpe(family, grid, heads, prefix, distance).to(dtype)
-    with torch.no_grad():
-        for p in rpe.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return rpe
-
-
-def qkv(heads, tokens, d=8, dtype=torch.float64, scale=1.0, batch=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [scale * torch.randn(batch, heads, tokens, d, generator=g, dtype=dtype) for _ in range(3)]
+# every registered kernel and mask family (user ones join by registering; rotary families have
+# their own suite, test_rope.py, and the contract suite, test_contract.py)
+MASK_FAMILIES = tuple(
+    sorted(name for name, cls in RPES_REGISTRY.items() if issubclass(cls, RelativePositionMask))
+)
+RPE_CASES = [(family, distance) for family in MASK_FAMILIES for distance in ("l1", "l2")]
+ATTENTIONS = tuple(sorted(KERNELS))
+RPES = ("none", *MASK_FAMILIES)
 
 
 def brute_force_features(kernel, x):
@@ -258,26 +250,6 @@ def test_zero_block_hides_masked_keys(name, impl):
     out2 = kernel(q, k2, v2, rpe)
     torch.testing.assert_close(out[:, :, :15], out2[:, :, :15], rtol=1e-9, atol=1e-9)
     assert not torch.allclose(out[:, :, 15:], out2[:, :, 15:])
-
-
-def autograd_performer(kernel, q, k, v, mask):
-    """FAVOR+ attention written out for autograd, stabilisers and eps included (the formulas the
-    fused Functions replace), optionally under a dense mask."""
-    w, d = kernel.projection.to(q.dtype), q.shape[-1]
-    q, k = q * d**-0.25, k * d**-0.25
-    wq, wk = q @ w.T, k @ w.T
-    scale = w.shape[0] ** -0.5
-    fq = scale * (
-        torch.exp(wq - (q * q).sum(-1, keepdim=True) / 2 - wq.amax(-1, keepdim=True).detach()) + kernel.eps
-    )
-    fk = scale * (
-        torch.exp(wk - (k * k).sum(-1, keepdim=True) / 2 - wk.amax((-2, -1), keepdim=True).detach())
-        + kernel.eps
-    )
-    a = fq @ fk.transpose(-2, -1)
-    if mask is not None:
-        a = a * mask
-    return (a @ v) / a.sum(-1, keepdim=True).clamp_min(kernel.eps)
 
 
 @pytest.mark.parametrize("prefix", [0, 1])

@@ -11,7 +11,7 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
-from tests.models.test_pretrained import GREY_8X8, save_tiny_hf_vit
+from tests.helpers import GREY_8X8, save_tiny_hf_vit
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models.backbone import Backbone, PretrainedBackbone, layer_ids, missing_methods
 from vit_rpe.models.pretrained import HFViT, TimmBackbone

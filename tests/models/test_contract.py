@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST, LEARNS, ROOT, compose_config
-from tests.models.test_rope import assert_scores_depend_on_the_2d_offset_only
+from tests.helpers import assert_scores_depend_on_the_2d_offset_only
 from vit_rpe.models import KERNELS, RPES, AttentionKernel, RelativePositionMask, RotaryPositionEmbedding
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.rpe import build_rpe

@@ -4,21 +4,15 @@ Function it stands in for, and how it is chosen, built, cached and given up."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 
 import pytest
 import torch
 
-from tests.models.test_attention import autograd_performer, perturbed_rpe, qkv
+from tests.helpers import autograd_performer, needs_compiler, perturbed_rpe, qkv
 from vit_rpe.models import fused as fused_module
 from vit_rpe.models import native
 from vit_rpe.models.attention import PerformerAttention, orthogonal_gaussian
 from vit_rpe.models.fused import MaskedFavorAttention, NativeMaskedFavorAttention
-
-needs_compiler = pytest.mark.skipif(
-    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler to build the kernel"
-)
 
 
 @pytest.fixture

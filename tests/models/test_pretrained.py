@@ -12,36 +12,14 @@ import safetensors.torch
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import ViTForImageClassification, ViTImageProcessor
 
+from tests.helpers import GREY_8X8, MEAN, STD, TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.models.backbone import layer_ids
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
 from vit_rpe.utils.errors import CheckpointError, ConfigError, UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-TINY_TIMM = dict(depth=2, embed_dim=32, num_heads=2)  # vit_tiny_patch16_224's layout, smaller
-GREY_8X8 = dict(pretrained=False, img_size=8, in_chans=1, patch_size=2, model_kwargs=TINY_TIMM)
-MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-
-
-def save_tiny_hf_vit(folder, num_labels: int = 3, image_size: int = 16, seed: int = 0):
-    """A random 2-layer ViT (hidden 32, 4x4 patches) and its image processor, saved by save_pretrained."""
-    torch.manual_seed(seed)
-    config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=image_size,
-        patch_size=4,
-        num_labels=num_labels,
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(
-        size={"height": image_size, "width": image_size}, image_mean=MEAN, image_std=STD
-    ).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers import assert_scores_depend_on_the_2d_offset_only
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models.attention import MultiHeadSelfAttention, build_kernel
 from vit_rpe.models.rope import RoPE2d
@@ -57,28 +58,6 @@ def test_rotation_matches_brute_force(variant, prefix):
     torch.testing.assert_close(module.rotate(x), expected, rtol=1e-12, atol=1e-12)
     if prefix:  # the cls token is not rotated
         assert torch.equal(module.rotate(x)[:, :, :prefix], x[:, :, :prefix])
-
-
-def assert_scores_depend_on_the_2d_offset_only(module) -> None:
-    """The same query and key contents at every position: (R_i q).(R_j k) between grid tokens is
-    one number per offset (y_j - y_i, x_j - x_i), whichever pair has it (and not one number
-    overall); prefix tokens are not rotated. For every rotary family (test_contract.py too)."""
-    heads, d, p = module.num_heads, module.head_dim, module.num_prefix_tokens
-    n = module.num_tokens
-    q0, k0 = torch.randn(2, 1, heads, 1, d, dtype=torch.float64)
-    q, k = module(q0.expand(1, heads, n, d), k0.expand(1, heads, n, d))
-    assert torch.equal(q[:, :, :p], q0.expand(1, heads, p, d))
-    scores = (q @ k.transpose(-2, -1))[0, :, p:, p:]  # [H, N, N] between grid tokens
-    hg, wg = module.grid_size
-    by_offset: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for i in range(hg * wg):
-        for j in range(hg * wg):
-            offset = (j // wg - i // wg, j % wg - i % wg)
-            by_offset.setdefault(offset, []).append(scores[:, i, j])
-    assert len(by_offset) == (2 * hg - 1) * (2 * wg - 1)
-    for values in by_offset.values():
-        torch.testing.assert_close(torch.stack(values), values[0].expand(len(values), -1), rtol=0, atol=1e-12)
-    assert scores.std() > 0.1  # positions do change the scores
 
 
 @pytest.mark.parametrize("prefix", [0, 1])

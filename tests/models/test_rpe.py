@@ -11,10 +11,17 @@ from torch import nn
 
 from vit_rpe.models import fused as fused_module
 from vit_rpe.models.products import fft_size
-from vit_rpe.models.rpe import AUTO_FFT_MIN_TOKENS, AUTO_KRON_MIN_TOKENS, build_rpe
+from vit_rpe.models.rpe import (
+    AUTO_FFT_MIN_TOKENS,
+    AUTO_KRON_MIN_TOKENS,
+    RPES,
+    RelativePositionMask,
+    build_rpe,
+)
 
 GRID = (7, 9)  # non-square on purpose
-CASES = [(family, distance) for family in ("general", "exp", "poly") for distance in ("l1", "l2")]
+MASK_FAMILIES = sorted(name for name, cls in RPES.items() if issubclass(cls, RelativePositionMask))
+CASES = [(family, distance) for family in MASK_FAMILIES for distance in ("l1", "l2")]
 
 
 def perturbed(family, distance, prefix, grid=GRID, heads=3, dtype=torch.float64, seed=0, impl="auto"):

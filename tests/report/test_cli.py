@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from tests.helpers import SWEEP_FAST, run_train_cli
 from tests.report.helpers import PNG_MAGIC, net, read_csv, write_run
-from tests.test_sweep import SWEEP_FAST, run_train_cli
 from vit_rpe.report import PLOTS, main, make_report
 from vit_rpe.utils.errors import UserError
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoImageProcessor, ViTForImageClassification
 
 from tests.conftest import FAST, quiet_trainer
-from tests.models.test_pretrained import TINY_TIMM, save_tiny_hf_vit
+from tests.helpers import TINY_TIMM, save_tiny_hf_vit
 from vit_rpe.data import DigitsDataModule
 from vit_rpe.models.pretrained import HFViT
 from vit_rpe.tasks import ImageClassifier

@@ -128,6 +128,40 @@ class SoftmaxAttention(AttentionKernel):
         return scores.softmax(-1)
 
 
+@register_kernel("lsa")
+class LocalitySelfAttention(SoftmaxAttention):
+    """Locality self-attention (LSA; Lee, Lee and Song 2021): softmax(q k^T / tau + log M - inf * I) v.
+
+    Two changes to softmax attention sharpen it on small datasets: a learned temperature tau (one
+    per layer, starting at sqrt(d), the usual scale) and the diagonal masked out, so a token attends
+    to the others rather than mostly to itself. Runs as SDPA with the diagonal (and the RPE's
+    log M) as an additive mask. For the linear kernels (Performer, elu+1) both parts have a
+    linear-time analogue (scale q and k by tau^-1/2 before the features; subtract the self term
+    phi(q_i).phi(k_i) v_i from numerator and denominator), not built here: docs/attention.md.
+    """
+
+    def __init__(self, head_dim: int, attn_drop: float = 0.0):
+        super().__init__(head_dim, attn_drop, use_flex=False)
+        self.log_temperature = nn.Parameter(torch.tensor(0.5 * math.log(head_dim)))
+
+    def bias(self, q: torch.Tensor, rpe: nn.Module | None) -> torch.Tensor:
+        """[L, L] (or [H, L, L] with an RPE): -inf on the diagonal, plus log M."""
+        n = q.shape[-2]
+        diagonal = torch.zeros(n, n, dtype=q.dtype, device=q.device)
+        diagonal.fill_diagonal_(float("-inf"))
+        return diagonal if rpe is None else rpe.log_mask().to(q.dtype) + diagonal
+
+    def forward(self, q, k, v, rpe: nn.Module | None = None) -> torch.Tensor:
+        drop = self.attn_drop if self.training else 0.0
+        # SDPA scales by 1/sqrt(d): a query scaled by sqrt(d) / tau gives q.k / tau
+        q = q * (self.log_temperature.neg().exp() / self.scale).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(q, rpe), dropout_p=drop)
+
+    def attention_matrix(self, q, k, rpe: nn.Module | None = None) -> torch.Tensor:
+        scores = (q @ k.transpose(-2, -1)).float() * self.log_temperature.neg().exp().float()
+        return (scores + self.bias(q, rpe).float()).softmax(-1)
+
+
 def rpe_score_mod(rpe: nn.Module):
     """A flex-attention score_mod adding log M[h, q, kv] computed from the offset table.
 

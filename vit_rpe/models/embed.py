@@ -105,7 +105,54 @@ class ConvStemPatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # [B, Hg*Wg, D]
 
 
-PATCH_EMBEDS = {"linear": LinearPatchEmbed, "conv_stem": ConvStemPatchEmbed}
+class ShiftedPatchEmbed(nn.Module):
+    """Shifted patch tokenization (SPT; Lee, Lee and Song 2021, "Vision Transformer for Small-Size
+    Datasets", arXiv:2112.13492): each token also sees the pixels around its patch.
+
+    The image is shifted by half a patch in the four diagonal directions (zeros fill what comes in),
+    the four copies are stacked with the image on the channels (5 x in_chans), cut into patches,
+    and each flattened patch goes through LayerNorm and a linear projection. ``shifted`` and
+    ``patches`` are the two steps, so tests can hold each to a written-out reference.
+    """
+
+    def __init__(self, img_size, patch_size, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        if min(self.patch_size) < 2:
+            raise ConfigError(
+                f"patch_embed=spt shifts the image by half a patch, so it needs model.net.patch_size >= 2, "
+                f"got {patch_size}: choose another patch size or model.net.patch_embed=linear"
+            )
+        LinearPatchEmbed(img_size, patch_size, in_chans, 1)  # same divisibility check and message
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.shift = (self.patch_size[0] // 2, self.patch_size[1] // 2)
+        patch_dim = 5 * in_chans * self.patch_size[0] * self.patch_size[1]
+        self.norm = nn.LayerNorm(patch_dim)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+
+    set_grid_size = LinearPatchEmbed.set_grid_size
+
+    def shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, 5C, H, W]: the image, then its copies moved left-up, right-up,
+        left-down and right-down by half a patch."""
+        sy, sx = self.shift
+        padded = nn.functional.pad(x, (sx, sx, sy, sy))
+        h, w = x.shape[-2:]
+        # the copy moved by (dy, dx) reads the padded image at offset (sy - dy, sx - dx)
+        moves = ((-sy, -sx), (-sy, sx), (sy, -sx), (sy, sx))
+        copies = [padded[..., sy - dy : sy - dy + h, sx - dx : sx - dx + w] for dy, dx in moves]
+        return torch.cat([x, *copies], dim=1)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C', H, W] -> [B, N, C' * ph * pw], rows of patches, each flattened channel-major."""
+        return nn.functional.unfold(x, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(self.patches(self.shifted(x))))  # [B, Hg*Wg, D]
+
+
+PATCH_EMBEDS = {"linear": LinearPatchEmbed, "conv_stem": ConvStemPatchEmbed, "spt": ShiftedPatchEmbed}
 
 
 def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:

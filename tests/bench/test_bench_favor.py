@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.models.test_native import needs_compiler
+from tests.helpers import needs_compiler
 from vit_rpe.bench import favor as bench_favor
 
 

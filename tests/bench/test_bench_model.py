@@ -19,9 +19,28 @@ def test_model_benchmark_times_quickstart_models_in_turns(tmp_path, capsys):
     softmax, performer = result["models"]["softmax"], result["models"]["performer+exp"]
     assert performer["params"] == softmax["params"] + 4 * 4  # one exp rate per head and layer
     assert result["config"]["img_size"] == 8 and result["config"]["pool"] == "mean"
-    ratio = result["step_time_ratios"]["performer+exp"]["best"]
-    assert ratio == performer["step_ms"] / softmax["step_ms"] > 0
-    assert f"performer+exp / softmax step time: {ratio:.2f}x" in capsys.readouterr().out
+    assert "performer+exp / softmax step time: " in capsys.readouterr().out
+
+
+def test_model_benchmark_reports_best_and_median_rounds(tmp_path, monkeypatch, capsys):
+    """With known step times (softmax rounds 10, 12, 30 ms; Performer 15, 24, 60 ms) the record
+    holds the hand-computed figures: best 10 and 15 ms, medians 12 and 24 ms, ratios 1.5 and 2."""
+    # each model's first call is its warm-up (1 s: never counted)
+    times = {"softmax": iter([1, 0.010, 0.012, 0.030]), "performer+exp": iter([1, 0.015, 0.024, 0.060])}
+
+    def timed(model, opt, images, labels, steps, device):
+        is_performer = any(isinstance(m, bench_model.PerformerAttention) for m in model.modules())
+        return next(times["performer+exp" if is_performer else "softmax"]) * steps
+
+    monkeypatch.setattr(bench_model, "train_steps", timed)
+    argv = ["--size", "quickstart", "--rounds", "3", "--steps", "2", "--threads", "1", "--out", str(tmp_path)]
+    assert bench_model.main(argv) == 0
+    result = json.loads((tmp_path / "model_quickstart_threads1.json").read_text())
+    softmax, performer = result["models"]["softmax"], result["models"]["performer+exp"]
+    assert (softmax["step_ms"], softmax["step_ms_median"]) == pytest.approx((10, 12))
+    assert (performer["step_ms"], performer["step_ms_median"]) == pytest.approx((15, 24))
+    assert result["step_time_ratios"]["performer+exp"] == pytest.approx({"best": 1.5, "median": 2.0})
+    assert "performer+exp / softmax step time: 1.50x (median rounds 2.00x)" in capsys.readouterr().out
 
 
 def test_favor_floor_backward_is_the_gradient_of_its_forward():
@@ -85,6 +104,5 @@ def test_epoch_benchmark_runs_the_cli_path_in_turns(tmp_path, capsys):
     assert list(result["runs"]) == ["model=vit", "model=linear rpe=exp"]
     vit, linear = result["runs"]["model=vit"], result["runs"]["model=linear rpe=exp"]
     assert vit["epochs"] == linear["epochs"] == 1
-    assert vit["wall_ratio"] == 1.0 and linear["wall_ratio"] == linear["wall_s_median"] / vit["wall_s_median"]
-    assert linear["cpu_s_median"] > 0 and linear["cpu_ratio"] > 0
+    assert linear["wall_s_median"] > 0 and linear["cpu_s_median"] > 0 and linear["cpu_ratio"] > 0
     assert "model=linear rpe=exp" in capsys.readouterr().out

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_sweep import SWEEP_FAST, run_train_main
+from tests.conftest import run_train_main
+from tests.helpers import SWEEP_FAST
 from vit_rpe.callbacks import predictions
 from vit_rpe.loggers import choose_wandb_mode, has_wandb_api_key
 from vit_rpe.train import train
