@@ -41,8 +41,10 @@ for variable in (
 ):
     os.environ.setdefault(variable, str(_CACHES / variable.lower()))
 
-# One thread per test process: tests run in parallel (pytest-xdist) on small machines.
+# One thread per test process: tests run in parallel (pytest-xdist) on small machines; runs built
+# by the tests take the same (threads: null follows OMP_NUM_THREADS).
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -34,7 +34,9 @@ def config_error_of(train_config, *overrides: str) -> str:
 def test_timm_with_a_study_variant_names_the_key_it_cannot_take(train_config):
     message = config_error_of(train_config, "variant=linear_patch1", "model=timm_vit")
     # patch_embed is the from-scratch ViT's; patch_size passes through to timm
-    assert "model=timm_vit" in message and "model.net.patch_embed (set by variant=linear_patch1)" in message
+    assert (
+        "model=timm_vit" in message and "model.net.patch_embed (set by variant/linear_patch1.yaml)" in message
+    )
     assert "patch_size" not in message.split("takes:")[0]
     assert "~model.net.patch_embed" in message  # the fix, as a command-line override
 
@@ -44,7 +46,7 @@ def test_hf_vit_with_a_timm_experiment_names_every_key_it_cannot_take(train_conf
     message = config_error_of(
         train_config, f"experiment={experiment}", "model=hf_vit", f"model.net.name_or_path={hf_folder}"
     )
-    refused = message.split(f" (set by experiment={experiment})")[0]
+    refused = message.split(f" (set by experiment/{experiment}.yaml)")[0]
     for key in ("name", "pretrained", "img_size", "patch_size", "drop_path_rate"):
         assert f"model.net.{key}," in refused or refused.endswith(f"model.net.{key}")
     assert "model=hf_vit" in message
@@ -61,7 +63,7 @@ def test_keys_from_a_config_group_are_traced_to_its_option(train_config):
     message = config_error_of(
         train_config, "model=hf_vit", "+model/net=small", "model.net.name_or_path=/nonexistent"
     )
-    assert "(set by model/net=small)" in message
+    assert "(set by model/net/small.yaml)" in message
 
 
 @pytest.mark.parametrize("model", ["timm_vit", "hf_vit"])
@@ -74,16 +76,17 @@ def test_rpe_with_a_pretrained_model_is_the_message_even_with_other_bad_keys(tra
 def test_timm_takes_the_size_keys_of_a_from_scratch_network(train_config):
     cfg = train_config(
         "model=timm_vit",
-        "+model/net=digits",
+        "+model/net=seed003",
         "~model.net.pool",
+        "~model.net.patch_embed",
         "model.net.pretrained=false",
         "model.net.img_size=8",
         fast=False,
     )
-    check_backbone_config(cfg.model.net, cfg.rpe.family)
+    check_backbone_config(cfg.model.net)
     net = instantiate(cfg.model.net).model
-    assert net.embed_dim == 96 and len(net.blocks) == 4 and net.patch_embed.patch_size == (2, 2)
-    assert net.blocks[0].attn.num_heads == 4 and net.blocks[0].mlp.fc1.out_features == 192
+    assert net.embed_dim == 128 and len(net.blocks) == 4 and net.patch_embed.patch_size == (2, 2)
+    assert net.blocks[0].attn.num_heads == 8 and net.blocks[0].mlp.fc1.out_features == 512
 
 
 @pytest.mark.parametrize(
@@ -95,4 +98,28 @@ def test_timm_takes_the_size_keys_of_a_from_scratch_network(train_config):
 )
 def test_every_shipped_model_and_experiment_passes_the_check(train_config, choice):
     cfg = train_config(choice, fast=False)
-    check_backbone_config(cfg.model.net, cfg.rpe.family)
+    check_backbone_config(cfg.model.net)
+
+
+def test_a_checkpoint_saved_before_partial_factories_builds_as_one_saved_after():
+    """docs/configs.md, Key moves: optimizer and scheduler configs of older checkpoints lack
+    ``_partial_: true``; the task would refuse them."""
+    from vit_rpe.build import with_partial_factories
+    from vit_rpe.tasks import ImageClassifier
+
+    saved = {
+        "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3},
+        "scheduler": {"_target_": "vit_rpe.tasks.optim.warmup_cosine", "warmup_epochs": 1},
+    }
+    upgraded = with_partial_factories(dict(saved))
+    assert upgraded["optimizer"] == {**saved["optimizer"], "_partial_": True}
+    assert upgraded["scheduler"]["_partial_"] is True and "_partial_" not in saved["optimizer"]
+    assert with_partial_factories({"optimizer": None}) == {"optimizer": None}
+    from vit_rpe.models import VisionTransformer
+
+    net = VisionTransformer(
+        img_size=8, in_chans=1, num_classes=3, patch_size=4, embed_dim=8, depth=1, num_heads=2
+    )
+    with pytest.raises(ConfigError, match=r"model\.optimizer .* _partial_: true"):
+        ImageClassifier(net, num_classes=3, optimizer=saved["optimizer"])
+    ImageClassifier(net, num_classes=3, optimizer=upgraded["optimizer"])  # builds

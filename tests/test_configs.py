@@ -13,7 +13,7 @@ GROUPS = [
     "data",
     "model",
     "model/net",
-    "model/recipe",
+    "recipe",
     "rpe",
     "trainer",
     "logger",
@@ -45,7 +45,8 @@ def plugin_missing(module: str) -> bool:
 def test_option_composes_and_resolves(group, option, tmp_path):
     if group in NEEDS_PLUGIN and plugin_missing(NEEDS_PLUGIN[group]):
         pytest.skip(f"{group}={option} needs the optional extra that provides {NEEDS_PLUGIN[group]}")
-    cfg = compose_config("train", [f"{group}={option}"], tmp_path)
+    choice = f"{group}@_global_={option}" if group == "recipe" else f"{group}={option}"  # docs/configs.md
+    cfg = compose_config("train", [choice], tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation has a value
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_ == "lightning.Trainer"
     if group in ("data", "model", "model/net", "rpe") and cfg.model.net._target_.startswith(
@@ -74,7 +75,7 @@ def test_data_shape_flows_into_the_model(tmp_path):
     assert (cfg.model.net.img_size, cfg.model.net.in_chans, cfg.model.num_classes) == (28, 1, 10)
 
 
-# data option -> (patches per side, embed_dim, lr, max_epochs, batch_size) of its default recipe
+# data option -> (patches per side, embed_dim, lr, max_epochs, batch_size) of its recipe
 RECIPES = {
     "digits": (4, 96, 2e-3, 40, 32),
     "mnist": (7, 64, 3e-3, 20, 128),
@@ -87,8 +88,10 @@ RECIPES = {
 }
 
 
-def test_every_data_option_has_a_recipe():
-    assert {p.stem for p in (CONF_DIR / "data").glob("*.yaml")} == set(RECIPES)
+def test_every_recipe_is_a_data_options_and_every_shipped_one_is_checked():
+    """A recipe is optional (a new dataset needs none) and chosen by the data option's name."""
+    recipes = {p.stem for p in (CONF_DIR / "recipe").glob("*.yaml")}
+    assert recipes <= {p.stem for p in (CONF_DIR / "data").glob("*.yaml")} and recipes == set(RECIPES)
 
 
 @pytest.mark.parametrize("data", sorted(RECIPES))
@@ -98,7 +101,7 @@ def test_each_data_option_gets_its_network_and_recipe(data, tmp_path):
     assert cfg.data.image_size // cfg.model.net.patch_size == grid
     assert (cfg.model.net.embed_dim, cfg.model.optimizer.lr) == (width, lr)
     assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (epochs, batch)
-    OmegaConf.resolve(cfg)  # no ??? left: the recipe gave every value model/vit.yaml leaves open
+    OmegaConf.resolve(cfg)
     for option in ("performer", "linear"):  # the attention variants take the same recipe
         other = compose_config("train", [f"data={data}", f"model={option}"], tmp_path)
         assert other.model.net.attention == option
@@ -113,7 +116,7 @@ def test_each_data_option_gets_its_network_and_recipe(data, tmp_path):
         (["data=mnist", "trainer.max_epochs=3"], {"trainer.max_epochs": 3}),
         (["data=mnist", "trainer=gpu"], {"trainer.max_epochs": 20, "trainer.accelerator": "gpu"}),
         (["data=cifar10", "model.optimizer.lr=5e-4"], {"model.optimizer.lr": 5e-4}),
-        (["data=mnist", "model/recipe=cifar10"], {"trainer.max_epochs": 100, "model.net.patch_size": 4}),
+        (["data=mnist", "recipe@_global_=cifar10"], {"trainer.max_epochs": 100, "model.net.patch_size": 4}),
         (["data=mnist", "debug=fdr"], {"trainer.max_epochs": 1}),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else "",
@@ -156,3 +159,13 @@ def test_pretrained_models_get_no_from_scratch_recipe(model, tmp_path):
 def test_eval_composes_with_every_data_option(data, tmp_path):
     cfg = compose_config("eval", [f"data={data}", "ckpt_path=x.ckpt"], tmp_path)
     assert cfg.data._target_ and "model" not in cfg
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_an_experiment_that_sweeps_is_always_a_sweep(path):
+    """docs/configs.md, Multirun: sweeper params <=> hydra.mode MULTIRUN, in every experiment."""
+    hydra = OmegaConf.load(path).get("hydra") or {}
+    sweeps = bool((hydra.get("sweeper") or {}).get("params"))
+    assert (hydra.get("mode") == "MULTIRUN") == sweeps, (
+        f"{path.name}: sweeps={sweeps}, mode={hydra.get('mode')}"
+    )

@@ -118,8 +118,9 @@ TRAIN_ROWS = [
         "unknown-rpe-impl",
         ["rpe=general", "model.net.rpe_kwargs.impl=bogus"],
         ConfigError,
-        "unknown rpe.impl 'bogus'",
+        "unknown model.net.rpe_kwargs.impl 'bogus'",
     ),
+    ("threads-zero", ["threads=0"], ConfigError, "threads=0: give a number of CPU threads"),
     ("no-gpu", ["trainer=gpu"], ConfigError, "This machine has 0 CUDA GPUs"),
     (
         "train-fraction-outside",
@@ -174,7 +175,7 @@ TRAIN_ROWS = [
         "pretrained-scratch-keys",
         ["variant=linear_patch1", "model=timm_vit"],
         ConfigError,
-        "does not take model.net.patch_embed (set by variant=linear_patch1)",
+        "does not take model.net.patch_embed (set by variant/linear_patch1.yaml)",
     ),
     (
         "pretrained-with-rpe",
@@ -242,9 +243,9 @@ TRAIN_ROWS = [
     ),
     (
         "rpe-impl-without-rpe",
-        ["rpe.impl=fft"],
+        ["model.net.rpe_kwargs.impl=fft"],
         ConfigError,
-        "rpe.impl=fft chooses how a relative position mask is applied, and rpe=none has no mask",
+        "model.net.rpe_kwargs.impl=fft chooses how a relative position mask is applied, and rpe=none",
     ),
     (
         "timm-size-impossible",
@@ -340,8 +341,8 @@ CLI_ROWS = {
         "error: rpe=exp works with the from-scratch ViT only",
     ),
     "cli-pretrained-with-scratch-keys": (
-        ["experiment=mnist_vit_small_pretrained_vs_scratch", "model=hf_vit"],
-        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.name",
+        ["variant=linear_patch1", "model=hf_vit"],
+        "error: model=hf_vit (vit_rpe.models.pretrained.HFViT) does not take model.net.patch_size",
     ),
 }
 
@@ -386,11 +387,13 @@ CHECKED_BEFORE_THE_TREE = ("cli-user-error", "cli-bad-value")
 def test_a_wrong_value_leaves_no_run_directory(tmp_path):
     """Checked before Hydra makes the run directory: nothing to clean up, one line on stderr."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vit_rpe.train", "rpe.impl=fft", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "vit_rpe.train", "model.net.rpe_kwargs.impl=fft", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("error: rpe.impl=fft chooses how a relative position mask is applied")
+    assert result.stderr.startswith(
+        "error: model.net.rpe_kwargs.impl=fft chooses how a relative position mask"
+    )
     assert result.stdout == "" and not run_dir.exists()
 
 

@@ -71,7 +71,7 @@ def test_optuna_search_runs_its_trials_and_records_the_best(tmp_path, monkeypatc
         config = yaml.safe_load((trial / "config.yaml").read_text())
         assert 1e-4 <= config["model"]["optimizer"]["lr"] <= 5e-3
         assert config["model"]["net"]["depth"] in (2, 4, 6)
-        assert config["rpe"]["family"] in ("none", "general", "exp", "poly")
+        assert config["model"]["net"]["rpe"] == overrides["rpe"]
         assert str(config["model"]["net"]["depth"]) == overrides["model.net.depth"]
         scores[trial.name] = (json.loads((trial / "metrics.json").read_text())["val/acc_best"], overrides)
 

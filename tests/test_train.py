@@ -79,7 +79,7 @@ def test_mnist_from_real_idx_files(train_config, real_mnist_folder):
     [
         ("model=performer", "rpe=rope"),
         ("model=linear", "rpe=rope"),
-        ("model=vit", "rpe=rope", "rpe.variant=mixed"),
+        ("model=vit", "rpe=rope", "model.net.rpe_kwargs.variant=mixed"),
     ],
     ids=["performer-rope", "linear-rope", "vit-rope-mixed"],
 )

@@ -3,6 +3,12 @@ position encodings, trained through Lightning and configured with Hydra."""
 
 __version__ = "0.1.0"
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning, so runs sharing cores do not burn each other's
+# time (utils/threads.py). Read when torch loads its OpenMP runtime: set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from omegaconf import OmegaConf
 
 # conf/hydra/default.yaml: `resume_dir=<run dir>` makes Hydra run in that directory again.

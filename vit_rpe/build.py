@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vit_rpe.data import ImageDataModule, fill_data_metadata
 from vit_rpe.models.backbone import PretrainedBackbone
 from vit_rpe.models.embed import GridSized
+from vit_rpe.origins import who_set
 from vit_rpe.tasks import ImageClassifier
 from vit_rpe.utils.checkpoint import load_weights, read_task_checkpoint
 from vit_rpe.utils.errors import CheckpointError, ConfigError
+from vit_rpe.utils.threads import set_threads
 
 log = logging.getLogger("vit_rpe.build")
 
@@ -46,6 +47,7 @@ def build_run(
     ones, so a pretrained backbone is rebuilt from the checkpoint's record of its source, not
     from the hub or the source file (they may be gone, and their weights would be thrown away).
     """
+    set_threads(cfg.get("threads"))
     ckpt = read_task_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None and "_target_" not in cfg.data:
         data_from_checkpoint(cfg, ckpt, ckpt_path)
@@ -53,8 +55,7 @@ def build_run(
     fill_data_metadata(cfg, datamodule)
     if ckpt is None:
         model_cfg = cfg.model
-        rpe = cfg.get("rpe") or {}
-        check_backbone_config(model_cfg.net, rpe.get("family"))
+        check_backbone_config(model_cfg.net)
     else:
         model_cfg = saved_model_config(ckpt, ckpt_path)
     fill_class_names(model_cfg.net, datamodule)
@@ -87,8 +88,8 @@ def build_run(
 def saved_model_config(ckpt: Mapping[str, Any], path: str | Path) -> DictConfig:
     """The task config a checkpoint of ``ImageClassifier`` saved, checked at the boundary."""
     saved = {"_target_": target_of(ImageClassifier), "_recursive_": False, **ckpt["hyper_parameters"]}
-    model_cfg = OmegaConf.create(saved)
-    check_backbone_config(model_cfg.net, None, source=f"the config saved in {path}")
+    model_cfg = OmegaConf.create(with_partial_factories(saved))
+    check_backbone_config(model_cfg.net, source=f"the config saved in {path}")
     return model_cfg
 
 
@@ -116,6 +117,15 @@ def with_recorded_source(model_cfg: DictConfig, saved_net: Mapping[str, Any]) ->
     with open_dict(model_cfg):
         model_cfg.net.resolved_source = source
     return model_cfg
+
+
+def with_partial_factories(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before the optimizer and scheduler configs said ``_partial_: true``
+    (docs/configs.md, Key moves) builds as one written after."""
+    for key in ("optimizer", "scheduler"):
+        if isinstance(saved.get(key), Mapping) and "_target_" in saved[key]:
+            saved[key] = {**saved[key], "_partial_": True}
+    return saved
 
 
 def target_of(cls: type) -> str:
@@ -161,29 +171,29 @@ def check_matches_data(
 # --- the config boundary ----------------------------------------------------------------------
 
 
-def check_backbone_config(
-    net_cfg: Mapping[str, Any], rpe_family: str | None, source: str | None = None
-) -> None:
-    """``model.net`` holds only arguments of its backbone, and ``rpe=`` only goes to a backbone
-    that takes relative position encodings.
+def check_backbone_config(net_cfg: Mapping[str, Any], source: str | None = None) -> None:
+    """``model.net`` holds only arguments of its backbone; a relative position encoding
+    (``rpe=exp`` writes ``model.net.rpe``) only goes to a backbone that takes one.
 
     An experiment made for one backbone composed with another model (``experiment=quickstart
     model=timm_vit``) leaves keys the other cannot take: they are named here, with who set them
-    (``source``, else the command line or the config group option), before anything is built.
+    (``source``, else the file or override that Hydra merged last: vit_rpe/origins.py), before
+    anything is built.
     """
     backbone = get_class(net_cfg["_target_"])
     params = inspect.signature(backbone).parameters
     model = model_choice(net_cfg["_target_"])
-    if rpe_family == "rope" and "rpe" not in params:
+    rpe = net_cfg.get("rpe")
+    if rpe == "rope" and "rpe" not in params:
         raise ConfigError(
             f"rpe=rope works with the from-scratch ViT only: {model} keeps the position embedding it was "
             "pretrained with, and rotating its queries and keys would change what its weights compute. For "
             "a pretrained RoPE ViT take timm's (Heo et al.'s weights): model=timm_vit "
             "model.net.name=vit_small_patch16_rope_mixed_224.naver_in1k rpe=none; or use model=vit"
         )
-    if rpe_family not in (None, "none") and "rpe" not in params:
+    if "rpe" in net_cfg and "rpe" not in params:
         raise ConfigError(
-            f"rpe={rpe_family} works with the from-scratch ViT only: {model} takes no relative position "
+            f"rpe={rpe} works with the from-scratch ViT only: {model} takes no relative position "
             "encoding (a pretrained network's attention cannot take the mask). Drop the rpe override "
             "(rpe=none) or use model=vit"
         )
@@ -194,7 +204,7 @@ def check_backbone_config(
         return
     by_origin: dict[str, list[str]] = {}
     for key in refused:
-        origin = source or " and ".join(origins(f"model.net.{key}")) or "the composed config"
+        origin = source or who_set(f"model.net.{key}") or "the composed config"
         by_origin.setdefault(origin, []).append(f"model.net.{key}")
     named = "; ".join(f"{', '.join(keys)} (set by {origin})" for origin, keys in by_origin.items())
     removals = " ".join(f"~model.net.{key}" for key in refused)
@@ -209,41 +219,3 @@ def model_choice(target: str) -> str:
     """``model=timm_vit (vit_rpe.models.pretrained.TimmBackbone)``: how the user named the model."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return f"model={choices['model']} ({target})" if choices.get("model") else target
-
-
-def origins(key: str) -> list[str]:
-    """Who set a key of the composed config: command-line overrides of it, and the config group
-    options chosen (experiment=..., model/net=...) whose file sets it."""
-    if not HydraConfig.initialized():
-        return []
-    hydra_cfg = HydraConfig.get()
-    found = [
-        f"the command line: {override}"
-        for override in hydra_cfg.overrides.task
-        if override.lstrip("+~").split("=", 1)[0] == key
-    ]
-    folders = [Path(source.path) for source in hydra_cfg.runtime.config_sources if source.schema == "file"]
-    for group, option in hydra_cfg.runtime.choices.items():
-        if option and not group.startswith("hydra") and any(sets(f, group, option, key) for f in folders):
-            found.append(f"{group}={option}")
-    return found
-
-
-def sets(folder: Path, group: str, option: str, key: str) -> bool:
-    """Does the file of ``group=option`` under ``folder`` set ``key`` (a dotted path of the
-    composed config)? Its keys sit under its package: ``# @package`` or the group's path."""
-    path = folder / group / f"{option}.yaml"
-    if not path.is_file():
-        return False
-    text = path.read_text()
-    header = [line for line in text.splitlines() if line.startswith("#") and "@package" in line]
-    package = header[0].split("@package", 1)[1].strip() if header else group.replace("/", ".")
-    parts, prefix = key.split("."), [] if package == "_global_" else package.split(".")
-    if parts[: len(prefix)] != prefix:
-        return False
-    node = yaml.safe_load(text) or {}
-    for part in parts[len(prefix) :]:
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True

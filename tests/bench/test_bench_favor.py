@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.helpers import needs_compiler
 from vit_rpe.bench import favor as bench_favor
 
 
 @needs_compiler
-@pytest.mark.parametrize("native_on", [True, False])
-def test_bench_favor_times_every_path_and_says_which_performer_uses(native_on, tmp_path, monkeypatch, capsys):
-    if not native_on:
-        monkeypatch.setenv("VIT_RPE_NATIVE", "0")
+def test_bench_favor_times_every_path_and_says_where_performer_would_use_it(tmp_path, capsys):
     argv = [
         "--cases",
         "quickstart",
@@ -33,6 +28,6 @@ def test_bench_favor_times_every_path_and_says_which_performer_uses(native_on, t
     assert quick["shape"] == dict(batch=32, heads=4, tokens=16, head_dim=24, features=76)  # m = int(24 ln 24)
     assert min(quick["c_ms"], quick["pytorch_ms"], quick["sdpa_ms"]) > 0
     assert quick["pytorch_over_c"] == quick["pytorch_ms"] / quick["c_ms"]
-    assert quick["used"] is native_on
+    assert quick["used"] is True  # with model.net.attention_kwargs.native_kernel=true
     assert cases["dim64_m256"]["used"] is False  # beyond MAX_FEATURES
     assert "quickstart" in capsys.readouterr().out

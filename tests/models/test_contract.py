@@ -145,7 +145,9 @@ def test_a_mask_of_an_impl_the_kernel_does_not_claim_is_refused():
             super().__init__()
 
     kernel = NoMask(HEAD_DIM)
-    with pytest.raises(ConfigError, match=r"does not compute with an RPE mask of rpe\.impl=quadratic"):
+    with pytest.raises(
+        ConfigError, match=r"does not compute with an RPE mask of model\.net\.rpe_kwargs\.impl=quadratic"
+    ):
         MultiHeadSelfAttention(
             HEADS * HEAD_DIM, HEADS, kernel, build_rpe("exp", GRID, HEADS, impl="quadratic")
         )

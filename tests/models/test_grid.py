@@ -101,12 +101,9 @@ def tiny_vit(img_size, attention="softmax", rpe="none", distance="l1", impl="aut
 
 @pytest.mark.parametrize(("family", "distance", "impl"), RPE_IMPLS)
 @pytest.mark.parametrize("attention", sorted(KERNELS))
-def test_every_kernel_and_rpe_implementation_runs_at_a_new_grid(
-    attention, family, distance, impl, monkeypatch
-):
+def test_every_kernel_and_rpe_implementation_runs_at_a_new_grid(attention, family, distance, impl):
     """Moved from a 4x4 to a 5x3 grid, the network gives the numbers of the dense reference at that
     grid, and of a network built there that loads the 4x4 state dict (the checkpoint path)."""
-    monkeypatch.setenv("VIT_RPE_NATIVE", "0")
     images = torch.randn(2, 1, 10, 6)
     moved = tiny_vit(8, attention, family, distance, impl)
     moved.set_grid_size(moved.grid_size_for((10, 6)))
@@ -145,10 +142,9 @@ def test_an_image_size_the_patch_does_not_divide_is_a_clear_error():
 
 
 @pytest.mark.parametrize("attention", ["softmax", "performer"])
-def test_a_network_trained_where_auto_is_quadratic_runs_kron_at_a_large_grid(attention, monkeypatch):
+def test_a_network_trained_where_auto_is_quadratic_runs_kron_at_a_large_grid(attention):
     """exp (l1) at 4x4 runs the quadratic product; moved to 20x20, auto picks kron, with the numbers
     of the dense reference there."""
-    monkeypatch.setenv("VIT_RPE_NATIVE", "0")
     moved = tiny_vit(8, attention, "exp")
     assert moved.blocks[0].attn.rpe.impl == "quadratic"
     moved.set_grid_size((20, 20))

@@ -115,13 +115,14 @@ def test_native_kernel_passes_nan_on():
 
 @needs_compiler
 def test_performer_layer_runs_the_kernel_and_matches_autograd(monkeypatch):
-    """Performer + an exp RPE (impl=quadratic) in float32, as the quickstart trains it: the layer
-    goes through the C kernel, and its output and gradients match autograd through the formulas."""
+    """Performer + an exp RPE (impl=quadratic) in float32, as the quickstart trains it, opted in:
+    the layer goes through the C kernel, and its output and gradients match autograd through the
+    formulas."""
     calls, apply = [], NativeMaskedFavorAttention.apply
     monkeypatch.setattr(NativeMaskedFavorAttention, "apply", lambda *args: calls.append(1) or apply(*args))
     rpe = perturbed_rpe("exp", "l1", 1, dtype=torch.float32, grid=(3, 4))
     rpe.impl = "quadratic"
-    kernel = PerformerAttention(8).train()
+    kernel = PerformerAttention(8, native_kernel=True).train()
     kernel.redraw_interval = 0
     q, k, v = (x.requires_grad_(True) for x in qkv(2, 13, dtype=torch.float32, batch=3))
     out = kernel(q, k, v, rpe)
@@ -138,7 +139,6 @@ def test_performer_layer_runs_the_kernel_and_matches_autograd(monkeypatch):
     [
         "float32",
         "float64",
-        "disabled",
         "projection_learns",
         "tokens_beyond_2m",
         "too_many_tokens",
@@ -148,7 +148,7 @@ def test_performer_layer_runs_the_kernel_and_matches_autograd(monkeypatch):
 )
 def test_kernel_applies_only_where_it_holds(case, monkeypatch):
     """float32 on the CPU with the projection a constant; not in float64 (the tests' references),
-    nor with VIT_RPE_NATIVE=0, a learned projection, L > 2m (the kept kernel matrix would outgrow
+    nor with a learned projection, L > 2m (the kept kernel matrix would outgrow
     the features), or beyond the sizes where the kernel is faster (bench favor)."""
     monkeypatch.setattr(native, "favor_kernel", lambda *shape: "lib")
     tokens = {"tokens_beyond_2m": 40, "too_many_tokens": native.MAX_TOKENS + 1}.get(case, 16)
@@ -158,8 +158,6 @@ def test_kernel_applies_only_where_it_holds(case, monkeypatch):
     head_dim = native.MAX_HEAD_DIM + 1 if case == "head_too_wide" else 8
     q = torch.zeros(1, 1, tokens, head_dim, dtype=torch.float64 if case == "float64" else torch.float32)
     w = torch.zeros(features, head_dim, requires_grad=case == "projection_learns")
-    if case == "disabled":
-        monkeypatch.setenv("VIT_RPE_NATIVE", "0")
     assert native.favor_kernel_for(q, w) == ("lib" if case == "float32" else None)
 
 
@@ -189,7 +187,7 @@ def test_without_a_working_compiler_performer_falls_back_with_a_warning(
         monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     q, k, v, w, mask, _ = favor_inputs(2, 2, 16, 8, 16)
     with caplog.at_level(logging.WARNING, logger="vit_rpe.models.native"):
-        out = fused_module.masked_favor_attention(q, k, v, w, mask, 1e-6)
+        out = fused_module.masked_favor_attention(q, k, v, w, mask, 1e-6, native_kernel=True)
     torch.testing.assert_close(out, MaskedFavorAttention.apply(q, k, v, w, mask, 1e-6), rtol=0, atol=0)
     message = caplog.text
     assert "slower PyTorch path" in message
@@ -205,3 +203,44 @@ def test_an_unwritable_cache_falls_back_and_names_the_setting(fresh_builds, tmp_
     with caplog.at_level(logging.WARNING, logger="vit_rpe.models.native"):
         assert native.favor_kernel(6, 4, 9) is None
     assert "VIT_RPE_KERNEL_CACHE" in caplog.text and str(blocked) in caplog.text
+
+
+def performer_exp_outputs(seed: int = 0, **attention_kwargs) -> list[torch.Tensor]:
+    """Logits and every gradient of a small Performer + exp ViT (4x4 grid: the quadratic path)."""
+    from vit_rpe.models import VisionTransformer
+
+    torch.manual_seed(seed)
+    net = VisionTransformer(
+        img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+        attention="performer", attention_kwargs=attention_kwargs, rpe="exp",
+    )  # fmt: skip
+    x = torch.randn(4, 1, 8, 8)
+    logits = net(x)
+    logits.square().sum().backward()
+    return [logits.detach(), *(p.grad for p in net.parameters() if p.grad is not None)]
+
+
+@pytest.mark.parametrize("compiler", ["present", "missing"])
+def test_the_default_path_compiles_nothing_and_warns_nothing(
+    compiler, fresh_builds, tmp_path, monkeypatch, caplog
+):
+    """The default (no opt-in) gives the same numbers on machines with and without a C compiler:
+    PyTorch's, bit for bit, with no build and no warning."""
+    reference = performer_exp_outputs()  # whatever this machine has
+    if compiler == "missing":
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(native, "build", lambda *args: pytest.fail("the default path built a kernel"))
+    with caplog.at_level(logging.DEBUG, logger="vit_rpe.models.native"):
+        outputs = performer_exp_outputs()
+    for got, expected in zip(outputs, reference, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert caplog.text == "" and not fresh_builds.exists()
+
+
+@needs_compiler
+def test_opting_in_builds_the_kernel_and_keeps_the_numbers(fresh_builds):
+    default = performer_exp_outputs()
+    native_outputs = performer_exp_outputs(native_kernel=True)
+    assert list(fresh_builds.glob("favor_*.so"))  # built for this shape, on first use
+    for got, expected in zip(native_outputs, default, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -182,7 +182,7 @@ def test_a_vit_with_rope_runs_at_another_grid_after_set_grid_size():
 def test_rope_configuration_errors():
     with pytest.raises(ConfigError, match="rpe=rope needs a head dimension divisible by 4"):
         build_rpe("rope", GRID, 2, head_dim=6)
-    with pytest.raises(ConfigError, match=r"unknown rpe\.variant 'diagonal'"):
+    with pytest.raises(ConfigError, match=r"unknown model\.net\.rpe_kwargs\.variant 'diagonal'"):
         build_rpe("rope", GRID, 2, head_dim=8, variant="diagonal")
     with pytest.raises(ConfigError, match="bad option for rpe=rope"):
         build_rpe("rope", GRID, 2, head_dim=8, impl="kron")

@@ -76,7 +76,7 @@ def test_cli_on_a_checkpoint(tmp_path):
 
     net = {"_target_": "vit_rpe.models.VisionTransformer", **NET, "attention": "performer", "rpe": "exp"}
     task = tasks.ImageClassifier(
-        net=net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3}
+        net=net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
     )
     with torch.no_grad():
         for block in task.net.blocks:
@@ -119,7 +119,7 @@ def test_cli_bad_inputs_are_one_message(tmp_path, capsys):
     task = tasks.ImageClassifier(
         net={"_target_": "vit_rpe.models.VisionTransformer", **NET},
         num_classes=10,
-        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
     )
     ckpt = tmp_path / "tiny.ckpt"
     import lightning as L

@@ -73,7 +73,10 @@ def fit_tiny(hf_folder, tmp_path, finetune: dict, epochs: int = 2):
     torch.manual_seed(0)
     net = HFViT(str(hf_folder), num_classes=10, in_chans=1)
     task = ImageClassifier(
-        net, num_classes=10, optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-2}, finetune=finetune
+        net,
+        num_classes=10,
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2},
+        finetune=finetune,
     )
     data = DigitsDataModule(batch_size=32)
     data.apply_data_config(net.data_config())
@@ -197,7 +200,7 @@ def test_experiments_compose(train_config):
     ]:
         cfg = train_config(f"experiment={name}", fast=False)
         assert cfg.model.net._target_.endswith(target), name
-        assert cfg.rpe.family == "none"
+        assert "rpe" not in cfg.model.net
 
 
 def test_a_compiled_pretrained_run_exports_and_writes_its_metrics(train_config, monkeypatch):

@@ -17,7 +17,7 @@ from vit_rpe.models.rpe import RPES
 from vit_rpe.tasks import ImageClassifier
 from vit_rpe.tasks.optim import build_optimizer, param_groups
 
-ADAMW = {"_target_": "torch.optim.AdamW", "lr": 0.1, "weight_decay": 0.05}
+ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.1, "weight_decay": 0.05}
 
 
 def scratch_vit(depth: int = 2, **kwargs) -> VisionTransformer:
@@ -123,7 +123,9 @@ def lr_by_name(optimizer: torch.optim.Optimizer, net: torch.nn.Module) -> dict[s
 
 def test_layer_decay_gives_each_layer_its_learning_rate(hf_folder):
     net = HFViT(str(hf_folder), num_classes=3)
-    optimizer = optimizer_of(net, {"_target_": "torch.optim.AdamW", "lr": 1.0}, layer_decay=0.5)
+    optimizer = optimizer_of(
+        net, {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0}, layer_decay=0.5
+    )
     lrs = lr_by_name(optimizer, net)
     assert lrs["model.classifier.weight"] == 1.0  # head: x1
     assert lrs["model.vit.layernorm.weight"] == 0.5  # final norm: with the last block
@@ -144,7 +146,9 @@ def test_layer_decay_for_timm_and_the_scratch_vit():
     assert lrs["model.pos_embed"] == pytest.approx(0.0125)
 
     scratch = scratch_vit(depth=3, rpe="exp")
-    lrs = lr_by_name(optimizer_of(scratch, {"_target_": "torch.optim.AdamW", "lr": 1.0}, 0.5), scratch)
+    lrs = lr_by_name(
+        optimizer_of(scratch, {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0}, 0.5), scratch
+    )
     assert lrs["head.weight"] == 1.0 and lrs["norm.weight"] == 0.5
     assert lrs["blocks.2.norm1.weight"] == 0.5 and lrs["blocks.0.norm1.weight"] == 0.125
     assert lrs["blocks.2.attn.rpe.raw_rate"] == 0.5 and lrs["blocks.0.attn.rpe.raw_rate"] == 0.125

@@ -61,3 +61,14 @@ def test_cost_per_image_has_the_metrics_keys():
     assert cost["params"] == sum(p.numel() for p in net.parameters())
     assert cost["gflops_per_image"] == flops_per_image(net, (1, 8, 8)) / 1e9 > 0
     assert cost["infer_images_per_sec"] > 0
+
+
+def test_the_opt_in_c_kernel_is_counted_by_the_arithmetic_of_the_pytorch_path():
+    """model.net.attention_kwargs.native_kernel=true runs the same arithmetic in C, which the
+    counter cannot see: the count is the PyTorch path's, and the network keeps its opt-in."""
+    size = dict(img_size=8, in_chans=1, num_classes=3, patch_size=2, embed_dim=16, depth=1, num_heads=2)
+    kwargs = dict(**size, pool="mean", attention="performer", rpe="exp", rpe_kwargs={"impl": "quadratic"})
+    native = VisionTransformer(**kwargs, attention_kwargs={"native_kernel": True})
+    pytorch = VisionTransformer(**kwargs)
+    assert flops_per_image(native, (1, 8, 8)) == flops_per_image(pytorch, (1, 8, 8)) > 0
+    assert native.blocks[0].attn.kernel.native_kernel is True

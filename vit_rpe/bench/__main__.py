@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "favor": "Performer attention under a mask: the C kernel against PyTorch, per layer shape",
     "data": "data loading throughput",
     "gpu": "one bf16 epoch of every model x RPE through train(): images/s and peak memory",
+    "share": "a quickstart alone, then two at once, per thread count and OpenMP wait policy",
 }
 
 

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = record
         line = "  ".join(f"{key} {1e3 * seconds:8.2f} ms" for key, seconds in times.items())
         speedup = f"C {record['pytorch_over_c']:.2f}x faster" if lib is not None else "C kernel not built"
-        print(f"{name:12s} {line}  ({speedup}; used by Performer: {record['used']})")
+        print(f"{name:12s} {line}  ({speedup}; used by Performer when opted in: {record['used']})")
 
     threads = f"_threads{args.threads}" if args.threads else ""
     path = args.out / f"favor{threads}.json"

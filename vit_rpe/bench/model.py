@@ -3,9 +3,9 @@
     python -m vit_rpe.bench model [--size seed003] [--models softmax timm] [--threads 1]
     python -m vit_rpe.bench model --size quickstart        # softmax ViT against Performer + exp RPE
 
-Sizes, their networks read from conf/model/net/: ``seed003`` is seed 003's CIFAR-10 ViT
-(seed003.yaml at 32x32 RGB, patch 2: a 16x16 grid and a cls token, dim 128, depth 4, 8 heads,
-MLP ratio 4; batch 64); ``quickstart`` is ``experiment=quickstart``'s ViT (digits.yaml at 8x8,
+Sizes, their networks read from the config tree: ``seed003`` is seed 003's CIFAR-10 ViT
+(model/net/seed003.yaml at 32x32 RGB, patch 2: a 16x16 grid and a cls token, dim 128, depth 4, 8 heads,
+MLP ratio 4; batch 64); ``quickstart`` is ``experiment=quickstart``'s ViT (recipe/digits.yaml at 8x8,
 patch 2: 16 tokens, mean pooling, dim 96, depth 4, 4 heads, MLP ratio 2; batch
 32). A model is ``timm`` (timm's VisionTransformer, softmax without RPE, at the seed-003 size) or
 ours named ``attention[+rpe]`` (``softmax``, ``performer+exp``, ...), or ``performer+exp/floor``:
@@ -43,12 +43,16 @@ SIZES = {
 
 
 def net_of(size: dict) -> dict:
-    """The backbone arguments of ``size``: its preset (conf/model/net/), the one its runs train."""
+    """The backbone arguments of ``size``: its preset (conf/model/net/<preset>.yaml, or the network
+    of conf/recipe/<preset>.yaml), the one its runs train."""
     from omegaconf import OmegaConf
 
-    preset = OmegaConf.to_container(
-        OmegaConf.load(Path(CONF_DIR) / "model" / "net" / f"{size['preset']}.yaml")
-    )
+    named = Path(CONF_DIR) / "model" / "net" / f"{size['preset']}.yaml"
+    if named.is_file():
+        preset = OmegaConf.to_container(OmegaConf.load(named))
+    else:
+        recipe = OmegaConf.load(Path(CONF_DIR) / "recipe" / f"{size['preset']}.yaml")
+        preset = OmegaConf.to_container(recipe.model.net)
     return {"img_size": size["img_size"], "in_chans": size["in_chans"], **preset}
 
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="default: the size's batch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per model per round")
-    parser.add_argument("--impl", default="auto", help="rpe.impl of the models with an RPE")
+    parser.add_argument("--impl", default="auto", help="model.net.rpe_kwargs.impl of the models with an RPE")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for the JSON record")
     parser.add_argument(

@@ -290,6 +290,7 @@ class PerformerAttention(FeatureMapAttention):
         ortho: bool = True,
         eps: float = EPS,
         redraw_fraction: float = 0.5,
+        native_kernel: bool = False,
     ):
         super().__init__(head_dim, attn_drop, eps)
         if not 0 <= redraw_fraction <= 1:
@@ -298,6 +299,7 @@ class PerformerAttention(FeatureMapAttention):
                 "redraws the features, in [0, 1] (0: never, 1: throughout)"
             )
         self.nb_features = nb_features or default_nb_features(head_dim)
+        self.native_kernel = native_kernel  # opt-in: favor.c, compiled on first use (native.py)
         self.redraw_interval = redraw_interval
         self.redraw_fraction = redraw_fraction
         self.redraw_until: int | None = None  # the last step that may redraw: plan_redraws
@@ -355,12 +357,13 @@ class PerformerAttention(FeatureMapAttention):
 
     def attend(self, q, k, v, rpe: nn.Module | None) -> torch.Tensor:
         """With rpe.impl=quadratic (small grids) features, masked kernel matrix and normalisation
-        are one step, masked_favor_attention (fused.py: a C kernel, or one autograd Function):
+        are one step, masked_favor_attention (fused.py: one autograd Function, or the C kernel):
         the same numbers in a fraction of the operations, which at small grids are most of the
         attention's time."""
         if rpe is not None and rpe.impl == "quadratic":
             mask = rpe.mask().to(q.dtype)  # [H, L, L]
-            return masked_favor_attention(q, k, v, self.projection.to(q.dtype), mask, self.eps)
+            w = self.projection.to(q.dtype)
+            return masked_favor_attention(q, k, v, w, mask, self.eps, native_kernel=self.native_kernel)
         return super().attend(q, k, v, rpe)
 
     def features(self, q, k):
@@ -406,8 +409,8 @@ class MultiHeadSelfAttention(nn.Module):
         if isinstance(rpe, RelativePositionMask) and rpe.impl not in kernel.rpe_impls:
             raise ConfigError(
                 f"attention {type(kernel).__name__} does not compute with an RPE mask of "
-                f"rpe.impl={rpe.impl} (it takes {list(kernel.rpe_impls) or 'no mask'}): "
-                "choose another rpe.impl or rpe=none"
+                f"model.net.rpe_kwargs.impl={rpe.impl} (it takes {list(kernel.rpe_impls) or 'no mask'}): "
+                "choose another model.net.rpe_kwargs.impl or rpe=none"
             )
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

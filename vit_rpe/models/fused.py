@@ -6,7 +6,7 @@ elementwise step. ``LearnedBiasAttention`` and ``MaskedKernelMatrix`` would othe
 they keep their inputs, compute a few batch elements at a time (``batch_chunks``) and recompute
 the scores in the backward. ``PositiveRandomFeatures`` is Performer's feature map in a few
 in-place passes, where autograd makes a dozen, and ``MaskedFavorAttention`` is Performer
-attention under a mask (rpe.impl=quadratic) as one Function: on small grids the number of
+attention under a mask (impl quadratic) as one Function: on small grids the number of
 operations, not their arithmetic, was most of a Performer step (docs/benchmarks.md).
 ``NativeMaskedFavorAttention`` computes the same numbers in C, one head at a time (favor.c, built
 by native.py), where PyTorch passes over the whole batch once a step; ``masked_favor_attention``
@@ -85,7 +85,7 @@ class LearnedBiasAttention(torch.autograd.Function):
 
 
 class MaskedKernelMatrix(torch.autograd.Function):
-    """(M * fq fk^T) v1 for rpe.impl=quadratic, never holding the [B, H, L, L] kernel matrix.
+    """(M * fq fk^T) v1 for impl quadratic, never holding the [B, H, L, L] kernel matrix.
 
     Autograd would keep fq fk^T and its masked copy for every batch element and head; this keeps
     fq, fk, v1 and M, and recomputes fq fk^T in the backward. The mask's gradient is the sum over
@@ -147,7 +147,7 @@ class PositiveRandomFeatures(torch.autograd.Function):
 
 
 class MaskedFavorAttention(torch.autograd.Function):
-    """Performer attention under a mask M [H, L, L] (rpe.impl=quadratic) in one Function.
+    """Performer attention under a mask M [H, L, L] (impl quadratic) in one Function.
 
     out = S v / max(S 1, eps) with S = M * phi(q) phi(k)^T and phi the FAVOR+ features (queries
     stabilised per row, keys per head): the numbers of PositiveRandomFeatures, MaskedKernelMatrix
@@ -257,10 +257,11 @@ def pointers(*tensors: torch.Tensor | None) -> list[int | None]:
     return [None if t is None else t.data_ptr() for t in tensors]
 
 
-def masked_favor_attention(q, k, v, w, mask, eps: float) -> torch.Tensor:
-    """Performer attention under the mask [H, L, L]: the C kernel where it applies and builds
-    (native.py), else MaskedFavorAttention; the same numbers either way."""
-    lib = native.favor_kernel_for(q, w)
+def masked_favor_attention(q, k, v, w, mask, eps: float, native_kernel: bool = False) -> torch.Tensor:
+    """Performer attention under the mask [H, L, L]: MaskedFavorAttention, or, asked for with
+    ``native_kernel``, the C kernel where it applies and builds (native.py); the same numbers to
+    rounding either way."""
+    lib = native.favor_kernel_for(q, w) if native_kernel else None
     if lib is None:
         return MaskedFavorAttention.apply(q, k, v, w, mask, eps)
     return NativeMaskedFavorAttention.apply(lib, q, k, v, w, mask, eps)

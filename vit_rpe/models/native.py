@@ -1,12 +1,13 @@
-"""C kernels compiled on first use for the shape at hand and cached on disk (favor.c).
+"""C kernels compiled on first use for the shape at hand and cached on disk (favor.c): an opt-in.
 
 Performer attention under an RPE mask on small grids is a chain of small steps; in C they run
-one head at a time inside the L1 cache (docs/benchmarks.md). The kernel is built with the
-machine's C compiler (``$CC``, else ``cc``) for one (tokens, head dim, features) shape, about a
-second, and kept in ``$VIT_RPE_KERNEL_CACHE`` (default ``~/.cache/vit_rpe/kernels``) under a
-name that hashes the source, the flags, the shape and the CPU, so a cluster's nodes of
-different kinds never share a build. No compiler, a failed build or ``VIT_RPE_NATIVE=0``: the
-PyTorch implementation (fused.py) runs instead, with the same numbers, slower.
+one head at a time inside the L1 cache (docs/benchmarks.md). Only a run that asks for it
+(``model.net.attention_kwargs.native_kernel=true``) builds the kernel, with the machine's C
+compiler (``$CC``, else ``cc``) for one (tokens, head dim, features) shape, about a second, and
+keeps it in ``$VIT_RPE_KERNEL_CACHE`` (default ``~/.cache/vit_rpe/kernels``) under a name that
+hashes the source, the flags, the shape and the CPU, so a cluster's nodes of different kinds
+never share a build. The default, and an opted-in run with no compiler or a failed build (with a
+warning), is the PyTorch implementation (fused.py): the same numbers to rounding, slower.
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ BUILDS = (
 
 def pad(size: int) -> int:
     return -(-size // VECTOR) * VECTOR
-
-
-def enabled() -> bool:
-    return os.environ.get("VIT_RPE_NATIVE", "1") != "0"
 
 
 def cache_dir() -> Path:
@@ -138,8 +135,7 @@ def favor_kernel_for(q: torch.Tensor, w: torch.Tensor) -> ctypes.CDLL | None:
     _, _, tokens, head_dim = q.shape
     features = w.shape[0]
     if not (
-        enabled()
-        and q.device.type == "cpu"
+        q.device.type == "cpu"
         and q.dtype == torch.float32
         and not w.requires_grad
         and not torch.compiler.is_compiling()

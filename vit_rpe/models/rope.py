@@ -110,7 +110,10 @@ class RoPE2d(RotaryPositionEmbedding):
         theta: float | None = None,
     ):
         if variant not in VARIANTS:
-            raise ConfigError(f"unknown rpe.variant {variant!r} for rpe=rope: choose one of {list(VARIANTS)}")
+            raise ConfigError(
+                f"unknown model.net.rpe_kwargs.variant {variant!r} for rpe=rope: "
+                f"choose one of {list(VARIANTS)}"
+            )
         if head_dim % 4:
             raise ConfigError(
                 f"rpe=rope needs a head dimension divisible by 4 (channel pairs, half of them for the "

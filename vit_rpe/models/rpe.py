@@ -85,7 +85,7 @@ class RelativePositionMask(nn.Module):
     """Base class: a per-head positive mask over a grid plus ``num_prefix_tokens`` cls tokens.
 
     Subclasses define ``log_mask_offsets()``; separable ones also ``log_axis_offsets()``. Built as
-    ``cls(grid_size, num_heads, num_prefix_tokens, distance=..., impl=..., **rpe.init)``.
+    ``cls(grid_size, num_heads, num_prefix_tokens, distance=..., impl=..., **init)``.
     """
 
     family = ""
@@ -100,9 +100,11 @@ class RelativePositionMask(nn.Module):
     ):
         super().__init__()
         if distance not in DISTANCES:
-            raise ConfigError(f"unknown rpe.distance {distance!r}: choose one of {list(DISTANCES)}")
+            raise ConfigError(
+                f"unknown model.net.rpe_kwargs.distance {distance!r}: choose one of {list(DISTANCES)}"
+            )
         if impl not in IMPLS:
-            raise ConfigError(f"unknown rpe.impl {impl!r}: choose one of {list(IMPLS)}")
+            raise ConfigError(f"unknown model.net.rpe_kwargs.impl {impl!r}: choose one of {list(IMPLS)}")
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_heads = num_heads
         self.num_prefix_tokens = num_prefix_tokens
@@ -110,8 +112,8 @@ class RelativePositionMask(nn.Module):
         self.separable = self.is_separable(distance)
         if impl == "kron" and not self.separable:
             raise ConfigError(
-                f"rpe.impl=kron needs a separable mask (rpe=exp with rpe.distance=l1), "
-                f"but this is {self.describe()}: use rpe.impl=auto, quadratic, fft or dense"
+                f"model.net.rpe_kwargs.impl=kron needs a separable mask (rpe=exp with distance l1), "
+                f"but this is {self.describe()}: use impl auto, quadratic, fft or dense"
             )
         self.requested_impl = impl  # `auto` is resolved again at every grid size (set_grid_size)
         self.impl = self.resolve_impl(impl)
@@ -148,7 +150,7 @@ class RelativePositionMask(nn.Module):
         return False
 
     def describe(self) -> str:
-        return f"rpe={type(self).family} with rpe.distance={self.distance}"
+        return f"rpe={type(self).family} with model.net.rpe_kwargs.distance={self.distance}"
 
     def extra_repr(self) -> str:
         return (
@@ -422,10 +424,10 @@ def build_rpe(
     """The RPE module for one attention layer, or None for ``family="none"``.
 
     ``family``: a registered name or an import path (``package.module:Class``). ``init`` (the
-    ``rpe.init`` config block) and ``kwargs`` are the family's own options (general: init_std;
-    exp: init_rate; poly: init_scale, init_power; rope: variant, theta); None values are dropped,
-    so a family's defaults apply. Masks also take ``distance`` and ``impl``; rotary families take
-    ``head_dim`` instead.
+    ``model.net.rpe_kwargs.init`` config block) and ``kwargs`` are the family's own options
+    (general: init_std; exp: init_rate; poly: init_scale, init_power; rope: variant, theta); None
+    values are dropped, so a family's defaults apply. Masks also take ``distance`` and ``impl``;
+    rotary families take ``head_dim`` instead.
     """
     if family in (None, "none"):
         return None

@@ -199,7 +199,8 @@ def short_class(target: Any) -> str | None:
 
 
 def rpe_name(config: dict[str, Any]) -> str | None:
-    """The RPE family a run's network used: ``model.net.rpe``, else the ``rpe`` group's ``family``."""
+    """The RPE family a run's network used: ``model.net.rpe`` (conf/rpe/*.yaml write it), else the
+    top-level ``rpe.family`` of a run made before the config tree (docs/configs.md, Key moves)."""
     net = (config.get("model") or {}).get("net") or {}
     if isinstance(net.get("rpe"), str):
         return net["rpe"]

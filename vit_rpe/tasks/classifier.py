@@ -25,11 +25,17 @@ from vit_rpe.utils.checkpoint import plain_names, renamed_for
 from vit_rpe.utils.errors import ConfigError
 
 
-def as_factory(spec: Callable | Mapping | None) -> Callable | None:
-    """A callable from a callable or from a Hydra config with ``_target_`` (made partial)."""
+def as_factory(spec: Callable | Mapping | None, key: str) -> Callable | None:
+    """A callable, or a Hydra config of one: ``_partial_: true``, the rest of its arguments (the
+    parameters, the optimizer) are the task's to give."""
     if spec is None or callable(spec):
         return spec
-    return instantiate(spec, _partial_=True)
+    if not spec.get("_partial_"):
+        raise ConfigError(
+            f"model.{key} ({spec.get('_target_')}) is called by the task with what it builds: give it "
+            f"_partial_: true in its config (+model.{key}._partial_=true on the command line)"
+        )
+    return instantiate(spec)
 
 
 def check_backbone(net: nn.Module) -> None:
@@ -100,8 +106,8 @@ class ImageClassifier(L.LightningModule):
         self.finetune.freeze(self.net)  # a linear probe's backbone, for good
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        self.make_optimizer = as_factory(plain["optimizer"])
-        self.make_scheduler = as_factory(plain["scheduler"])
+        self.make_optimizer = as_factory(plain["optimizer"], "optimizer")
+        self.make_scheduler = as_factory(plain["scheduler"], "scheduler")
         self.compile_net = compile
         self.ema_decay = None if ema_decay is None else check_ema_decay(ema_decay)
 

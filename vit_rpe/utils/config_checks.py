@@ -111,8 +111,9 @@ def check_max_epochs(value: Any) -> None:
 
 
 def check_rpe(cfg: DictConfig) -> None:
-    """``rpe.impl`` (or ``distance``) chooses how a mask is applied: without a mask it would be
-    silently ignored, so it is refused."""
+    """``model.net.rpe_kwargs.impl`` chooses how a mask is applied: without a mask it would be
+    silently ignored, so it is refused. (A run saved before the config tree kept these under a
+    top-level ``rpe``: its resumed config is read the same way.)"""
     net = select(cfg, "model.net")
     if isinstance(net, DictConfig) and "rpe" in net:
         family, impl = select(cfg, "model.net.rpe"), select(cfg, "model.net.rpe_kwargs.impl")
@@ -120,6 +121,7 @@ def check_rpe(cfg: DictConfig) -> None:
         family, impl = select(cfg, "rpe.family"), select(cfg, "rpe.impl")
     if family in (None, "none") and impl not in (None, AUTO):
         raise ConfigError(
-            f"rpe.impl={impl} chooses how a relative position mask is applied, and rpe=none has no mask: "
-            "choose a mask (rpe=general, rpe=exp or rpe=poly) or drop the rpe.impl override"
+            f"model.net.rpe_kwargs.impl={impl} chooses how a relative position mask is applied, and rpe=none "
+            "has no mask: choose a mask (rpe=general, rpe=exp or rpe=poly) or drop the "
+            "model.net.rpe_kwargs.impl override"
         )

@@ -7,8 +7,8 @@ fft) is counted by what it runs. Conventions (those of FlopCounterMode, fvcore a
 a multiply-add is 2 FLOPs; matmuls, convolutions and attention are counted; elementwise ops,
 softmax and norms are not. FFTs, which FlopCounterMode leaves out, are counted here as
 2.5 N log2 N per real transform of N points (5 N log2 N complex), the Cooley-Tukey count. The
-count runs on a CPU copy of the network with the PyTorch path of every kernel
-(``VIT_RPE_NATIVE=0``: the C kernel does the same arithmetic, invisibly to the counter).
+count runs on a CPU copy of the network with the PyTorch path of every kernel (the opt-in C
+kernel, ``native_kernel=true``, does the same arithmetic, invisibly to the counter).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -49,18 +47,13 @@ FFT_FLOPS = {
 }
 
 
-@contextmanager
-def pytorch_kernels():
-    """Run the PyTorch implementation of every kernel (no C kernel) inside the block."""
-    before = os.environ.get("VIT_RPE_NATIVE")
-    os.environ["VIT_RPE_NATIVE"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["VIT_RPE_NATIVE"]
-        else:
-            os.environ["VIT_RPE_NATIVE"] = before
+def without_native_kernels(net: nn.Module) -> nn.Module:
+    """``net`` with every attention on PyTorch's path: the opt-in C kernel
+    (``model.net.attention_kwargs.native_kernel``) does the same arithmetic, invisibly to the counter."""
+    for module in net.modules():
+        if getattr(module, "native_kernel", False):
+            module.native_kernel = False
+    return net
 
 
 def count_flops(module: nn.Module, inputs: torch.Tensor) -> int:
@@ -73,9 +66,8 @@ def count_flops(module: nn.Module, inputs: torch.Tensor) -> int:
 
 def flops_per_image(net: nn.Module, image_shape: Sequence[int]) -> int:
     """FLOPs of one forward of one image [C, H, W], on a CPU copy of ``net`` in eval mode."""
-    copied = copy.deepcopy(net).cpu().float().eval()
-    with pytorch_kernels():
-        return count_flops(copied, torch.zeros(1, *image_shape))
+    copied = without_native_kernels(copy.deepcopy(net).cpu().float().eval())
+    return count_flops(copied, torch.zeros(1, *image_shape))
 
 
 def infer_images_per_sec(

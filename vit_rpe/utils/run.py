@@ -32,7 +32,7 @@ _WHEEL_CONF = Path(__file__).resolve().parents[1] / "conf"
 CONF_DIR = str(_WHEEL_CONF if _WHEEL_CONF.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
-def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "rpe", "trainer")) -> None:
+def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "trainer")) -> None:
     """The resolved config as a tree, main groups first."""
     tree = rich.tree.Tree("config", style="bold")
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
