@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -168,3 +169,10 @@ def test_training_with_eval_image_sizes_writes_one_evaluation_per_size(tmp_path)
     assert other["image_size"] == 12 and {"test/acc", "test/loss", "gflops_per_image"} <= set(other)
     written = json.loads((out / "metrics.json").read_text())
     assert {"params", "gflops_per_image", "infer_images_per_sec"} <= set(written)
+    # each size has its own per-class results; the run's are its own test's, not the last size's
+    for folder, acc in ((out, metrics["test/acc"]), (out / "evals" / "12px", other["test/acc"])):
+        rows = list(csv.DictReader((folder / "per_class.csv").open()))
+        support = sum(int(r["support"]) for r in rows)
+        recalled = sum(int(r["support"]) * float(r["recall"] or 0) for r in rows)
+        assert recalled / support == pytest.approx(acc, abs=1e-4), folder
+        assert (folder / "confusion_matrix.png").is_file()

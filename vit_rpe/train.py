@@ -152,6 +152,9 @@ def evaluate_at_sizes(cfg: DictConfig, ckpt_path: str | None, sizes, folder: Pat
             eval_cfg.ckpt_path = ckpt_path
             eval_cfg.data.image_size = int(size)
             eval_cfg.paths.output_dir = str(folder / f"{int(size)}px")
+            # the run's config is resolved: every path in it names the run directory, which the
+            # evaluation at another size must leave as it is (its per_class.csv, its plots)
+            eval_cfg.trainer.default_root_dir = eval_cfg.paths.output_dir
             eval_cfg.logger = None
         results[int(size)] = evaluate(eval_cfg)
     return results
