@@ -61,7 +61,7 @@ def test_every_job_of_a_study_composes_and_builds_its_model(study, tmp_path):
             assert model.net(images).shape == (1, data.num_classes)
         seeds_per_arm.setdefault(arm, set()).add(cfg.seed)
     assert len(seeds_per_arm) >= 3, "a study compares several arms"
-    assert all(len(seeds) >= 3 for seeds in seeds_per_arm.values()), "each arm with several seeds"
+    assert all(len(seeds) >= 2 for seeds in seeds_per_arm.values()), "each arm with several seeds"
     assert len(jobs) == sum(len(seeds) for seeds in seeds_per_arm.values())
 
 
