@@ -405,3 +405,11 @@ def test_entry_points_import_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    # viz is argparse: a wrong option exits (status 2) before torch is imported
+    code = (
+        "import runpy, sys; sys.argv = ['viz', '--nope']\n"
+        "try:\n    runpy.run_module('vit_rpe.viz', run_name='__main__')\n"
+        "except SystemExit as stop:\n    print(stop.code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2 False"

@@ -14,18 +14,49 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
-import matplotlib
+
+def hydra_style(argv: list[str]) -> list[str]:
+    """Accept ``ckpt_path=x out=y`` as well as ``--ckpt x --out y``."""
+    aliases = {"ckpt_path": "ckpt", "checkpoint": "ckpt"}
+    out = []
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            out += [f"--{aliases.get(key, key).replace('_', '-')}", value]
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vit_rpe.viz", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="an ImageClassifier checkpoint (.ckpt)")
+    parser.add_argument("--image", default=None, help="an image file; default a scikit-learn digit")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for the PNGs (default: <ckpt dir>/viz)"
+    )
+    parser.add_argument(
+        "--query", type=int, default=None, help="query token (default cls, or the centre patch)"
+    )
+    return parser.parse_args(hydra_style(argv))
+
+
+if __name__ == "__main__":  # option mistakes answer before torch and matplotlib are imported
+    parse_args(sys.argv[1:])
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import torch
-from torch import nn
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-from vit_rpe.models.attention import MultiHeadSelfAttention
-from vit_rpe.models.rpe import RelativePositionMask
-from vit_rpe.utils.run import exit_on_user_error
+from vit_rpe.models.attention import MultiHeadSelfAttention  # noqa: E402
+from vit_rpe.models.rpe import RelativePositionMask  # noqa: E402
+from vit_rpe.utils.run import exit_on_user_error  # noqa: E402
 
 
 def attention_layers(model: nn.Module) -> list[tuple[str, MultiHeadSelfAttention]]:
@@ -217,32 +248,8 @@ def load_image(path: str | Path | None, img_size: tuple[int, int], in_chans: int
     return image.contiguous()
 
 
-def hydra_style(argv: list[str]) -> list[str]:
-    """Accept ``ckpt_path=x out=y`` as well as ``--ckpt x --out y``."""
-    aliases = {"ckpt_path": "ckpt", "checkpoint": "ckpt"}
-    out = []
-    for arg in argv:
-        if "=" in arg and not arg.startswith("-"):
-            key, value = arg.split("=", 1)
-            out += [f"--{aliases.get(key, key).replace('_', '-')}", value]
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m vit_rpe.viz", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="an ImageClassifier checkpoint (.ckpt)")
-    parser.add_argument("--image", default=None, help="an image file; default a scikit-learn digit")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="folder for the PNGs (default: <ckpt dir>/viz)"
-    )
-    parser.add_argument(
-        "--query", type=int, default=None, help="query token (default cls, or the centre patch)"
-    )
-    args = parser.parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     return exit_on_user_error(draw, args)
 
 
