@@ -67,7 +67,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         device = trainer.strategy.root_device
         net = uncompiled(model.net).to(device)
-        metrics.update(cost_per_image(net, datamodule.input_shape, batch_size=datamodule.eval_batch_size))
+        metrics.update(
+            cost_per_image(net, datamodule.data_config["input_size"], batch_size=datamodule.eval_batch_size)
+        )
         write_metrics(metrics, output_dir / "metrics.json")
         print_metrics(metrics, title=f"test of {path}")
     return metrics

@@ -125,7 +125,9 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
     metrics["export_dir"] = str(exported) if exported else None
     if trainer.is_global_zero:  # the cost of one image, on the run's device (utils/cost.py)
         net = uncompiled(model.net).to(trainer.strategy.root_device)
-        metrics.update(cost_per_image(net, datamodule.input_shape, batch_size=datamodule.eval_batch_size))
+        metrics.update(
+            cost_per_image(net, datamodule.data_config["input_size"], batch_size=datamodule.eval_batch_size)
+        )
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir / "metrics.json")

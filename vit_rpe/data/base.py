@@ -218,11 +218,6 @@ class ImageDataModule(L.LightningDataModule):
             "image_size": [int(s) for s in size],
         }
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """The shape [C, H, W] of one image as the model gets it."""
-        return (self.in_chans, *self.transform.image_size)
-
     def apply_data_config(self, config: Mapping[str, Any] | None) -> None:
         """Resize and normalise as a backbone expects: a pretrained one states its checkpoint's
         ``input_size`` (C, H, W) and ``mean``/``std`` (its ``data_config()``, models/backbone.py;
