@@ -169,3 +169,10 @@ def test_an_experiment_that_sweeps_is_always_a_sweep(path):
     assert (hydra.get("mode") == "MULTIRUN") == sweeps, (
         f"{path.name}: sweeps={sweeps}, mode={hydra.get('mode')}"
     )
+
+
+def test_rope_mixed_is_rope_with_the_mixed_variant(tmp_path):
+    short = compose_config("train", ["rpe=rope_mixed"], tmp_path)
+    spelled = compose_config("train", ["rpe=rope", "model.net.rpe_kwargs.variant=mixed"], tmp_path)
+    assert short.model.net.rpe == "rope" and short.model.net.rpe_kwargs.variant == "mixed"
+    assert OmegaConf.to_container(short.model) == OmegaConf.to_container(spelled.model)
