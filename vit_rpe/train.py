@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +102,7 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
         with exit_status_on_sigterm():
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
-    run_keys = [k for k in fit_metrics if k.startswith("run/")]  # the classifier's on_fit_end
-    run_stats = {k.removeprefix("run/"): fit_metrics.pop(k) for k in run_keys}
+    summary = run_summary(model, trainer, output_dir)  # before the test loads the best weights
 
     test_metrics: dict[str, Any] = {}
     if cfg.get("test", True):
@@ -121,7 +119,7 @@ def train(cfg: DictConfig, show_config: bool = False) -> dict[str, Any]:
     if cfg.get("train", True) and trainer.is_global_zero:
         exported = export_backbone(model, datamodule, output_dir / "hf_model", best_checkpoint(trainer))
 
-    metrics = {**fit_metrics, **test_metrics, **run_summary(model, trainer, output_dir, run_stats)}
+    metrics = {**fit_metrics, **test_metrics, **summary}
     metrics["export_dir"] = str(exported) if exported else None
     if trainer.is_global_zero:  # the cost of one image, on the run's device (utils/cost.py)
         net = uncompiled(model.net).to(trainer.strategy.root_device)
@@ -186,22 +184,19 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return (callback.best_model_path if callback else "") or None
 
 
-def run_summary(
-    model: L.LightningModule, trainer: L.Trainer, output_dir: Path, run_stats: Mapping[str, Any]
-) -> dict[str, Any]:
+def run_summary(model: L.LightningModule, trainer: L.Trainer, output_dir: Path) -> dict[str, Any]:
     """Size and speed of the run: parameters, epochs, seconds per epoch, images per second.
 
-    ``run_stats`` are the classifier's "run/..." callback metrics of the fit (prefix removed):
-    under ddp_spawn the training happened in other processes, and only they say how it went.
+    Epochs and speed come from the task's run record (tasks/run_record.py), which holds every
+    epoch of the run, those before a resume and those trained in spawned DDP workers included.
     """
     import torch
 
+    record = model.run_record.summary()
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "epochs": int(run_stats.get("epochs", trainer.current_epoch)),
-        "seconds_per_epoch": run_stats.get("seconds_per_epoch"),
-        "train_images_per_sec": run_stats.get("train_images_per_sec"),
+        **record,
         "best_ckpt": best_checkpoint(trainer),
         "output_dir": str(output_dir),
         "device": str(model.device.type if hasattr(model, "device") else torch.device("cpu")),

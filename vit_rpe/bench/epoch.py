@@ -7,9 +7,10 @@ Each run is ``train(cfg)`` with ``experiment=quickstart`` (the default ``--exper
 run's own overrides, the common ones, ``trainer.max_epochs=--epochs`` and ``test=false``: the
 config, datamodule, Lightning loop, callbacks and logger a user's command gets. The runs take
 turns (``--rounds`` times each), so a slow spell on a shared machine hits all of them. Per
-training epoch it records the wall seconds of the training part (what metrics.json's
-``seconds_per_epoch`` averages: first batch to last, validation excluded) and the CPU seconds of
-this process over the same span, which other jobs on the machine disturb far less. The first
+training epoch it reads the run's own record (tasks/run_record.py, from its last checkpoint):
+the wall seconds of the training part (what metrics.json's ``seconds_per_epoch`` averages:
+first batch to last, validation excluded) and the CPU seconds of the process over the same span,
+which other jobs on the machine disturb far less. The first
 epoch of every run warms up and is left out; the ratios are to the first run, of the medians.
 """
 
@@ -23,17 +24,17 @@ from pathlib import Path
 import torch
 
 from vit_rpe.bench.common import compose_train, environment, write_json
-from vit_rpe.callbacks import EpochClock
-
-CLOCK = "+callbacks.epoch_clock._target_=vit_rpe.callbacks.EpochClock"
+from vit_rpe.tasks.run_record import read_run_record
 
 
 def run_epochs(overrides: list[str], output_dir: Path) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each training epoch but the first (a warm-up), from the run's own
+    record, as its last checkpoint keeps it."""
     from vit_rpe.train import train
 
-    EpochClock.epochs = []
-    train(compose_train([*overrides, CLOCK], output_dir))
-    return EpochClock.epochs[1:]  # the first epoch warms up
+    train(compose_train(overrides, output_dir))
+    epochs = read_run_record(output_dir / "checkpoints" / "last.ckpt")
+    return [(epoch["seconds"], epoch["cpu_seconds"]) for epoch in epochs[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:

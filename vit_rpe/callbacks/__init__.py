@@ -12,8 +12,6 @@
   (``WandbTestPredictions``, with ``logger=wandb``).
 - ``per_class``: ``per_class.csv`` and ``confusion_matrix.png`` at every test end
   (``PerClassResults``, added by the classifier itself).
-- ``timing``: wall and CPU seconds of every training epoch (``EpochClock``, added by
-  ``python -m vit_rpe.bench epoch``).
 
 Configs name them by their short path (``vit_rpe.callbacks.LastCheckpoint``).
 """
@@ -25,10 +23,8 @@ from vit_rpe.callbacks.nan_guard import NonFiniteLossGuard
 from vit_rpe.callbacks.per_class import PerClassResults
 from vit_rpe.callbacks.predictions import WandbTestPredictions
 from vit_rpe.callbacks.step_seed import StepSeed
-from vit_rpe.callbacks.timing import EpochClock
 
 __all__ = [
-    "EpochClock",
     "FreezeBackbone",
     "LastCheckpoint",
     "ModelEMA",

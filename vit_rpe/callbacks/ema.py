@@ -7,8 +7,9 @@ both) and copies it into the model when training ends. Two things differ here:
 - validation scores both: ``val/acc`` for the live weights (the task's own step, unchanged) and
   ``val/acc_ema`` for the average, and the best checkpoint is chosen by ``val/acc_ema``, since it
   holds the average's weights (the test then scores those);
-- buffers are copied from the live model, not averaged: ours are fixed tables and Performer's
-  random features, and an average of two feature draws is no feature draw.
+- buffers and extra states are the live model's, not averaged: ours are fixed tables,
+  Performer's random features (an average of two feature draws is no feature draw) and the
+  run's record of its epochs.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class ModelEMA(EMAWeightAveraging):
         if self._average_model is not None and trainer.training:
             self.on_train_batch_end(trainer, pl_module, None, None, 0)
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        # Extra states (the run record, a Performer's redraw plan) are the live model's, as buffers are.
+        live = checkpoint.get("current_model_state", {})
+        checkpoint["state_dict"] |= {k: v for k, v in live.items() if k.endswith("_extra_state")}
 
     # Lightning swaps the average in for the whole validation; we score it beside the live weights.
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

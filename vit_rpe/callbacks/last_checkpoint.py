@@ -36,8 +36,9 @@ class LastCheckpoint(L.Callback):
     the run stops at the next hook of this callback (a training or validation batch, the epoch's
     end, the end of fit, a test batch), writes the checkpoint if training has moved on since the
     last one (not in validation: see ``save_if_moved_on``), says how to resume, and ends the
-    process with 128 + signal. The checkpoint holds Lightning's loop state, so a mid-epoch
-    checkpoint resumes mid-epoch.
+    process with 128 + signal. At a training batch's end it saves at once and exits at the next
+    hook, after Lightning has logged the batch (public hooks only, no private Lightning call).
+    The checkpoint holds Lightning's loop state, so a mid-epoch checkpoint resumes mid-epoch.
     Lightning's own stop on SIGTERM (``SIGTERMException``, a SystemExit with status 0) gets the
     same checkpoint here and its status from ``exit_status_on_sigterm``.
     """
@@ -47,9 +48,11 @@ class LastCheckpoint(L.Callback):
         self._sigint = False
         self._previous_handler: Any = None
         self._saved_step: int | None = None
+        self._stop_before_next_batch: int | None = None
 
     # Not on_fit_start: Lightning saves the handlers after it and puts them back at teardown.
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_before_next_batch = None
         self._catch_sigint()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -91,9 +94,14 @@ class LastCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if status := self.stop_status(trainer):
-            log_step_metrics(trainer)  # the resumed run starts at the next batch
             self.save(trainer)  # also between the steps of an accumulated batch
-            self.stop(trainer, status)
+            # Exit at the next hook, once Lightning has logged this batch's step metrics: the
+            # resumed run starts at the next batch, and its log equals an uninterrupted one.
+            self._stop_before_next_batch = status
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._stop_before_next_batch:  # every rank agreed at the batch's end
+            self.stop(trainer, self._stop_before_next_batch)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -176,26 +184,6 @@ def exit_status_on_sigterm():
     except SIGTERMException:
         log.warning("stopped by SIGTERM")
         raise SystemExit(EXIT_SIGTERM) from None
-
-
-def log_step_metrics(trainer: L.Trainer) -> None:
-    """Log this batch's step metrics now: Lightning does it after ``on_train_batch_end``, which
-    an exit from that hook skips.
-
-    No public API does it, so this is Lightning's own private call, pinned by
-    tests/test_lightning_private.py. Should an upgrade remove it, the run still saves its
-    checkpoint and exits; only this step's row is missing from the log.
-    """
-    update = getattr(getattr(trainer, "_logger_connector", None), "update_train_step_metrics", None)
-    if update is None:
-        log.warning(
-            "lightning %s has no Trainer._logger_connector.update_train_step_metrics(): the metrics of "
-            "step %d are not logged",
-            L.__version__,
-            trainer.global_step,
-        )
-        return
-    update()
 
 
 def reduce_epoch_metrics(trainer: L.Trainer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from vit_rpe.models.attention import PerformerAttention
 from vit_rpe.models.backbone import PretrainedBackbone, missing_methods
 from vit_rpe.tasks.finetune import FineTuning
 from vit_rpe.tasks.optim import base_lr, build_optimizer
+from vit_rpe.tasks.run_record import RunRecord
 from vit_rpe.utils.checkpoint import plain_names, renamed_for
 from vit_rpe.utils.errors import ConfigError
 
@@ -121,11 +121,7 @@ class ImageClassifier(L.LightningModule):
         # The test's counts per (true, predicted) class: per-class results and their macro averages.
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
-        self._epoch_start = 0.0
-        self._epoch_images = 0
-        self._epoch_train_time = 0.0
-        self.epoch_seconds: list[float] = []  # training time of each epoch, validation excluded
-        self.epoch_images_per_sec: list[float] = []
+        self.run_record = RunRecord()  # each epoch's seconds and images/s; metrics.json's summary
         self._carried_states: dict | None = None  # metric totals from the checkpoint resumed
         self._train_loader_state: dict | None = None  # and the training loader's position
 
@@ -235,46 +231,25 @@ class ImageClassifier(L.LightningModule):
         self.val_acc_best.reset()
         self.restore_train_loader_state()  # before the first batch
         self.restore_carried_states()
-        # A run resumed mid-epoch times (and counts the images of) the rest of the epoch.
-        self._epoch_start = time.perf_counter()
-        self._epoch_images = 0
+        self.run_record.start_epoch(self.current_epoch, self.trainer.world_size)  # resumed: continued
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_start = time.perf_counter()
-        self._epoch_images = 0
+        self.run_record.start_epoch(self.current_epoch, self.trainer.world_size)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, "train")
         # The schedule's lr, which the head trains at; layer decay scales it down for lower layers.
         self.log("train/lr", base_lr(self.optimizers()), on_step=True, on_epoch=False)
-        self._epoch_images += batch[0].shape[0]
+        self.run_record.update(images=len(batch[0]))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._epoch_train_time = time.perf_counter() - self._epoch_start
+        self.run_record.update()  # the backward and the step too
 
     def on_train_epoch_end(self) -> None:
-        seconds = max(self._epoch_train_time, 1e-9)
-        # Images/s of this process times the number of processes: the whole job's throughput.
-        rate = self._epoch_images * self.trainer.world_size / seconds
-        self.epoch_seconds.append(seconds)
-        self.epoch_images_per_sec.append(rate)
-        self.log("train/epoch_time", seconds, on_epoch=True, sync_dist=True)
-        self.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True)
-
-    def on_fit_end(self) -> None:
-        """The run's epochs and speed, as "run/..." callback metrics for train.py's summary.
-
-        Callback metrics are what Lightning sends back from the worker processes of a spawned DDP
-        run (trainer=ddp_sim) to the process that writes metrics.json, so train.py reads the
-        summary from them whatever the strategy.
-        """
-        stats = {"run/epochs": float(self.trainer.current_epoch)}
-        seconds, rates = self.epoch_seconds, self.epoch_images_per_sec
-        if seconds:
-            stats["run/seconds_per_epoch"] = sum(seconds) / len(seconds)
-            stats["run/train_images_per_sec"] = sum(rates) / len(rates)
-        self.trainer.callback_metrics.update({key: torch.tensor(value) for key, value in stats.items()})
+        entry = self.run_record.last_epoch()
+        self.log("train/epoch_time", entry["seconds"], on_epoch=True, sync_dist=True)
+        self.log("train/images_per_sec", entry["images_per_sec"], on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
