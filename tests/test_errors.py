@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.conftest import FAST, ROOT, compose_config
 from vit_rpe.data.synthetic import write_image_folder
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
+from vit_rpe.utils.config_checks import check_moved_overrides
 from vit_rpe.utils.errors import CheckpointError, ConfigError, DataError, UserError
 from vit_rpe.utils.run import metric_for_sweeper, user_error_of
 
@@ -332,6 +334,11 @@ CLI_ROWS = {
     "cli-unknown-option": (["model=vitt"], "Could not find 'model/vitt'"),
     "cli-user-error": (["data.batch_size=0"], "error: data.batch_size must be at least 1"),
     "cli-bad-value": (["trainer.max_epochs=abc"], "error: trainer.max_epochs='abc' is not a whole number"),
+    "cli-moved-rpe-key": (
+        ["rpe=rope", "rpe.variant=mixed"],
+        "error: rpe.variant=mixed: the rpe options moved under model.net (docs/configs.md): write "
+        "model.net.rpe_kwargs.variant=mixed (or rpe=rope_mixed)",
+    ),
     "cli-optimized-metric-unknown": (
         [*(o for o in FAST if o != "trainer=cpu"), "optimized_metric=val/nope"],
         "error: optimized_metric='val/nope' is not among the metrics",
@@ -381,7 +388,7 @@ def test_cli_rejects(name, cli_results):
 
 
 # Config values checked before the config tree is shown and anything heavy is imported.
-CHECKED_BEFORE_THE_TREE = ("cli-user-error", "cli-bad-value")
+CHECKED_BEFORE_THE_TREE = ("cli-user-error", "cli-bad-value", "cli-moved-rpe-key")
 
 
 def test_a_wrong_value_leaves_no_run_directory(tmp_path):
@@ -413,3 +420,20 @@ def test_entry_points_import_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2 False"
+
+
+@pytest.mark.parametrize(
+    ("override", "fix"),
+    [
+        ("rpe.distance=l2", "write model.net.rpe_kwargs.distance=l2"),
+        ("+rpe.init.init_rate=0.1", "write model.net.rpe_kwargs.init.init_rate=0.1"),
+        ("rpe.family=exp", "write rpe=exp"),
+    ],
+)
+def test_an_old_rpe_key_names_its_new_place(override, fix):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{override}: the rpe options moved under model.net")
+    ) as err:
+        check_moved_overrides(["model=performer", override])
+    assert str(err.value).endswith(fix)
+    check_moved_overrides(["rpe=exp", "model.net.rpe_kwargs.distance=l2"])  # the new keys pass

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vit_rpe.utils.config_checks import check_config
+from vit_rpe.utils.config_checks import check_config, check_moved_overrides
 from vit_rpe.utils.errors import CheckpointError
 from vit_rpe.utils.run import (
     CONF_DIR,
+    exit_on_user_error,
     in_multirun,
     instantiate_named,
     metric_for_sweeper,
@@ -219,4 +221,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_on_user_error(check_moved_overrides, sys.argv[1:])
     main()

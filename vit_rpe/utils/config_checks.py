@@ -52,6 +52,24 @@ def check_config(cfg: DictConfig) -> None:
     check_rpe(cfg)
 
 
+def check_moved_overrides(overrides: list[str]) -> None:
+    """Command-line overrides of the top-level ``rpe.<key>`` node, which conf/rpe/*.yaml no longer
+    write (docs/configs.md): Hydra would say only "Key 'rpe' is not in struct", so this names the
+    key's new place, ``model.net.rpe_kwargs.<key>``, before Hydra composes."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if not key.startswith("rpe."):
+            continue
+        moved = "model.net.rpe_kwargs." + key.removeprefix("rpe.")
+        if key == "rpe.family":
+            fix = f"rpe={value or '<family>'}"
+        else:
+            fix = f"{moved}={value or '<value>'}" + (
+                " (or rpe=rope_mixed)" if override == "rpe.variant=mixed" else ""
+            )
+        raise ConfigError(f"{override}: the rpe options moved under model.net (docs/configs.md): write {fix}")
+
+
 class CheckConfig(HydraCallback):
     """Hydra callback (conf/hydra/default.yaml): a single run's config is checked before Hydra
     makes its run directory, so a wrong value leaves nothing behind. (Sweep jobs are checked in
