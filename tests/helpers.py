@@ -178,3 +178,10 @@ def assert_scores_depend_on_the_2d_offset_only(module) -> None:
     for values in by_offset.values():
         torch.testing.assert_close(torch.stack(values), values[0].expand(len(values), -1), rtol=0, atol=1e-12)
     assert scores.std() > 0.1  # positions do change the scores
+
+
+def recorded_epochs_and_images(ckpt_path: Path) -> list[tuple[float, float]]:
+    """The run record of a checkpoint without its timings: what two equal runs share."""
+    from vit_rpe.tasks.run_record import read_run_record
+
+    return [(e["epoch"], e["images"]) for e in read_run_record(ckpt_path)]

@@ -16,9 +16,10 @@ from omegaconf import open_dict
 from torch.multiprocessing import ProcessExitedException
 
 from tests.conftest import FAST, Crash, compose_config
+from tests.helpers import recorded_epochs_and_images
 from vit_rpe.callbacks.last_checkpoint import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.tasks.optim import warmup_cosine
-from vit_rpe.tasks.run_record import STATE_KEY, read_run_record
+from vit_rpe.tasks.run_record import STATE_KEY
 from vit_rpe.train import train
 from vit_rpe.utils.checkpoint import read_checkpoint
 
@@ -55,10 +56,6 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (the run record, with its timings, is compared apart)."""
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {name: value for name, value in state.items() if name != STATE_KEY}
-
-
-def epochs_and_images(path: Path) -> list[tuple[float, float]]:
-    return [(e["epoch"], e["images"]) for e in read_run_record(path)]
 
 
 def run_with(cfg, callback: L.Callback):
@@ -110,7 +107,7 @@ def assert_same_run(resumed: dict, run_dir: Path, uninterrupted) -> None:
     for name, reference in weights(straight_dir / "checkpoints" / "last.ckpt").items():
         torch.testing.assert_close(final[name], reference, rtol=1e-5, atol=1e-6)
     # every epoch recorded once, with all its images, the part before the stop included
-    assert epochs_and_images(run_dir / "checkpoints" / "last.ckpt") == epochs_and_images(
+    assert recorded_epochs_and_images(run_dir / "checkpoints" / "last.ckpt") == recorded_epochs_and_images(
         straight_dir / "checkpoints" / "last.ckpt"
     )
 

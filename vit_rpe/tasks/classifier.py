@@ -231,7 +231,9 @@ class ImageClassifier(L.LightningModule):
         self.val_acc_best.reset()
         self.restore_train_loader_state()  # before the first batch
         self.restore_carried_states()
-        self.run_record.start_epoch(self.current_epoch, self.trainer.world_size)  # resumed: continued
+        # Lightning does not call on_train_epoch_start for an epoch resumed mid-way: its entry
+        # continues from here (tests/test_resume.py fails without this line).
+        self.run_record.start_epoch(self.current_epoch, self.trainer.world_size)
 
     def on_train_epoch_start(self) -> None:
         self.run_record.start_epoch(self.current_epoch, self.trainer.world_size)
