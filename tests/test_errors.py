@@ -7,7 +7,6 @@ traceback, and leaves what the user had (checkpoints, run directories) as it was
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import FAST, ROOT, compose_config
+from tests.conftest import FAST, ROOT, compose_config, run_train_main
 from vit_rpe.data.synthetic import write_image_folder
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
@@ -354,28 +353,13 @@ CLI_ROWS = {
 }
 
 
-@pytest.fixture(scope="module")
-def cli_results(tmp_path_factory):
-    """Start every CLI row at once (each pays Python's start-up), then collect them."""
-    root = tmp_path_factory.mktemp("cli")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIT_RPE_ROOT": str(root)}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "vit_rpe.train", *args, "trainer=cpu"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (args, _) in CLI_ROWS.items()
-    }
-    return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
-
-
 @pytest.mark.parametrize("name", list(CLI_ROWS))
-def test_cli_rejects(name, cli_results):
-    status, _stdout, stderr = cli_results[name]
+def test_cli_rejects(name, tmp_path, monkeypatch, capfd):
+    """The command line's Hydra main, run in this process (the subprocess tests below and in
+    test_train.py start the real ``python -m vit_rpe.train``; here each row would pay its start-up)."""
+    monkeypatch.setenv("VIT_RPE_ROOT", str(tmp_path))
+    status = run_train_main(*CLI_ROWS[name][0], "trainer=cpu", monkeypatch=monkeypatch)
+    _stdout, stderr = capfd.readouterr()
     assert status == 1
     assert CLI_ROWS[name][1] in stderr
     if CLI_ROWS[name][1].startswith("error: "):  # ours: the message is the last line

@@ -121,7 +121,7 @@ def test_main_returns_nan_for_a_failed_sweep_job(tmp_path):
     from vit_rpe import train as train_module
 
     cfg = set_hydra_mode("MULTIRUN", tmp_path / "job", "model.net.patch_size=3")
-    value = train_module.main(cfg)  # hydra.main passes a given config straight to the function
+    value = train_module.hydra_main(cfg)  # hydra.main passes a given config straight to the function
     assert math.isnan(value)
 
 

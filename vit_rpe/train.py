@@ -211,7 +211,7 @@ def train_and_score(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     score = run_job(train_and_score, cfg)
     if (
         score is None and in_multirun()
@@ -220,6 +220,11 @@ def main(cfg: DictConfig) -> float | None:
     return score
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line: overrides of keys that moved are named before Hydra composes."""
     exit_on_user_error(check_moved_overrides, sys.argv[1:])
+    hydra_main()
+
+
+if __name__ == "__main__":
     main()
