@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, ROOT, compose_config
+from tests.conftest import FAST, compose_config, run_main
 from tests.helpers import pretrained_source
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
@@ -40,26 +38,16 @@ def test_eval_reproduces_the_training_runs_test_metrics(trained, tmp_path):
     assert (out / "config.yaml").is_file()
 
 
-def test_eval_cli_writes_metrics_in_its_run_dir(trained, tmp_path):
+def test_eval_cli_writes_metrics_in_its_run_dir(trained, tmp_path, monkeypatch):
+    """``python -m vit_rpe.eval``'s main, in this process (tests/test_predict.py starts a real one)."""
     _, metrics = trained
-    cmd = [
-        sys.executable,
-        "-m",
-        "vit_rpe.eval",
+    args = [
         f"ckpt_path={metrics['best_ckpt']}",
         "trainer=cpu",
         "trainer.limit_test_batches=2",
         f"hydra.run.dir={tmp_path}/cli_eval",
     ]
-    done = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert run_main("vit_rpe.eval", *args, monkeypatch=monkeypatch) == 0
     written = json.loads((Path(tmp_path) / "cli_eval" / "metrics.json").read_text())
     assert written["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert written["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from tests.conftest import LEARNS, ROOT
+from tests.conftest import LEARNS, ROOT, run_train_main
 from vit_rpe.train import train
 from vit_rpe.utils.errors import ConfigError, DataError
 from vit_rpe.utils.run import exit_on_user_error, user_error_of
@@ -100,8 +99,10 @@ def test_rope_learns_real_mnist_with_every_kernel(arm, train_config, real_mnist_
     assert metrics["test/acc"] > 0.3, metrics  # chance is 0.1 (measured 0.44, 0.47, 0.44)
 
 
+@pytest.mark.slow
 def test_learns_digits(train_config):
-    """A short run of the quickstart recipe clears 90% test accuracy."""
+    """A short run of the quickstart recipe clears 90% test accuracy (20 epochs: about 40 s on one
+    thread; learning at tiny sizes is in the default tests, tests/models/test_attention.py)."""
     cfg = train_config(
         "experiment=quickstart",
         "trainer.max_epochs=20",
@@ -142,14 +143,11 @@ def test_data_metadata_must_agree(train_config):
     assert "data.in_chans=3 but this dataset has 1" in str(user_error_of(err.value))
 
 
-def test_cli_runs_and_prints_where_the_run_is(tmp_path):
-    """...and logs to one run.log, also with another task_name (quickstart) and once resumed."""
+def test_cli_runs_and_prints_where_the_run_is(tmp_path, monkeypatch, capfd):
+    """...and logs to one run.log, also with another task_name (quickstart) and once resumed.
+    The command line's main in this process (the real one starts in tests/test_packaging.py)."""
     run_dir = tmp_path / "cli-run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "vit_rpe.train",
+    args = [
         f"hydra.run.dir={run_dir}",
         "experiment=quickstart",
         "trainer=cpu",
@@ -161,15 +159,12 @@ def test_cli_runs_and_prints_where_the_run_is(tmp_path):
         "model.net.embed_dim=16",
         "model.net.num_heads=2",
     ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"run directory: {run_dir}" in result.stdout + result.stderr
+    assert run_train_main(*args, monkeypatch=monkeypatch) == 0
+    assert f"run directory: {run_dir}" in "".join(capfd.readouterr())
     assert (run_dir / "metrics.json").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
     first = (run_dir / "run.log").read_text()
-    resume = [sys.executable, "-m", "vit_rpe.train", f"resume_dir={run_dir}", "trainer.max_epochs=2"]
-    result = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_train_main(f"resume_dir={run_dir}", "trainer.max_epochs=2", monkeypatch=monkeypatch) == 0
     assert [p.name for p in run_dir.glob("*.log")] == ["run.log"]
     log = (run_dir / "run.log").read_text()
     assert log.startswith(first) and len(log) > len(first)  # the resumed run appended

@@ -10,17 +10,19 @@ import sys
 
 import pytest
 
-from tests.helpers import SWEEP_FAST, run_train_cli
+from tests.conftest import run_train_main
+from tests.helpers import SWEEP_FAST
 from tests.report.helpers import PNG_MAGIC, net, read_csv, write_run
 from vit_rpe.report import PLOTS, main, make_report
 from vit_rpe.utils.errors import UserError
 
 
-def test_report_of_a_2x2_cli_sweep(tmp_path):
+def test_report_of_a_2x2_cli_sweep(tmp_path, monkeypatch):
+    """The sweep runs in this process (its start-up is not the subject), the report as a user runs it."""
     sweep = tmp_path / "sweep"
     grid = ("-m", "model=vit,linear", "rpe=none,exp")
-    done = run_train_cli(*grid, *SWEEP_FAST, "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert done.returncode == 0
+    args = (*grid, *SWEEP_FAST, "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}")
+    assert run_train_main(*args, monkeypatch=monkeypatch) == 0
 
     out = tmp_path / "report"
     report = subprocess.run(
