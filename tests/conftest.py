@@ -70,6 +70,16 @@ FAST = (
 LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.net.pool=mean")
 
 
+@pytest.fixture(autouse=True)
+def _confusion_plots_only_where_tested(request, monkeypatch):
+    """A run's confusion_matrix.png is half a second of matplotlib, a sixth of a tiny run: only the
+    tests marked ``plots`` draw it (per_class.csv is always written)."""
+    if request.node.get_closest_marker("plots") is None:
+        from vit_rpe.callbacks import per_class
+
+        monkeypatch.setattr(per_class, "plot_confusion_matrix", lambda confusion, names, path: None)
+
+
 class Crash(L.Callback):
     """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
 

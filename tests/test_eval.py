@@ -148,6 +148,7 @@ def test_eval_at_a_size_the_patch_does_not_divide_is_refused(trained, tmp_path):
         evaluate(cfg)
 
 
+@pytest.mark.plots
 def test_training_with_eval_image_sizes_writes_one_evaluation_per_size(tmp_path):
     out = tmp_path / "run"
     metrics = train(compose_config("train", [*FAST, "rpe=exp", "eval_image_sizes=[8,12]"], out))

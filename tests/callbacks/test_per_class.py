@@ -25,6 +25,8 @@ from vit_rpe.callbacks.per_class import (
 from vit_rpe.eval import evaluate
 from vit_rpe.train import train
 
+pytestmark = pytest.mark.plots  # the runs here draw their confusion matrices
+
 
 def test_scores_match_scikit_learn():
     """Class 3 has no test image but is predicted, class 4 is never predicted."""
