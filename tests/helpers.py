@@ -82,6 +82,13 @@ SWEEP_FAST = (
 )
 
 
+# ddp_sim with its 2 processes forked from the test process, not started afresh: the same DDP
+# strategy without the 12 s of imports each spawned process pays on two busy cores. For tests of what
+# DDP does (freezing, samplers, metric syncs); what spawning adds (pickling the trainer, results
+# coming back from new processes) is tested with ddp_sim as users run it, in tests/test_ddp.py.
+FORKED_DDP = ("trainer=ddp_sim", "trainer.strategy=ddp_fork")
+
+
 def run_train_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m vit_rpe.train ARGS`` as a user types it, in ``cwd``, one thread, W&B offline."""
     env = {

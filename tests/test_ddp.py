@@ -7,6 +7,9 @@
   sharded the same way and the accuracy metric is synced across ranks.
 - The quickstart, as a user runs it, trains and tests with every rank running the same collectives.
 - A backbone frozen for the whole run or its first epochs stays frozen, and the ranks agree.
+
+The quickstart test runs ddp_sim as users do, spawning its processes (the trainer pickled, the
+results sent back); the others fork them (FORKED_DDP: the same strategy, without the start-up).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.distributed as dist
 from omegaconf import open_dict
 
 from tests.conftest import FAST, compose_config
+from tests.helpers import FORKED_DDP
 from vit_rpe.train import train
 
 # The tiny FAST settings, but 2 epochs x 4 steps, no drop path, and a quicker start.
@@ -60,7 +64,7 @@ def test_ddp_sim_matches_one_process(tmp_path):
     ddp = train(
         compose_config(
             "train",
-            ["trainer=ddp_sim", f"data.batch_size={half}", f"+data.eval_batch_size={half}", *COMMON],
+            [*FORKED_DDP, f"data.batch_size={half}", f"+data.eval_batch_size={half}", *COMMON],
             ddp_dir,
         )
     )
@@ -197,8 +201,7 @@ class WeightSnapshots(L.Callback):
 @pytest.mark.parametrize(
     "finetune, frozen_epochs",
     [
-        # frozen throughout: the harder case, frozen then thawed, stays in the default tests
-        pytest.param(["model.finetune.mode=linear_probe"], (0, 1), id="linear_probe", marks=pytest.mark.slow),
+        pytest.param(["model.finetune.mode=linear_probe"], (0, 1), id="linear_probe"),
         pytest.param(["model.finetune.freeze_backbone_epochs=1"], (0,), id="freeze_backbone_epochs"),
     ],
 )
@@ -207,7 +210,7 @@ def test_frozen_backbone_under_ddp_sim(tmp_path, finetune, frozen_epochs):
     parameter it was built with. While frozen, the backbone stays exactly as it was and the head
     learns; unfrozen, every parameter trains; and the two ranks' replicas stay equal throughout."""
     overrides = [
-        "trainer=ddp_sim",
+        *FORKED_DDP,
         *(o for o in FAST if not o.startswith(REPLACED)),
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=2",
@@ -272,7 +275,7 @@ def test_the_cifar_recipe_under_ddp_sim_deals_repeated_augmentation_to_the_ranks
             "data.val_size=0.2",
             "data.randaugment=null",
             "data.batch_size=7",
-            "trainer=ddp_sim",
+            *FORKED_DDP,
             "model.ema_decay=0.9",
             "model.net.patch_size=8",
         ],

@@ -15,6 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from tests.conftest import FAST, LEARNS, compose_config
+from tests.helpers import FORKED_DDP
 from vit_rpe.callbacks.per_class import (
     PER_CLASS_COLUMNS,
     class_scores,
@@ -96,7 +97,7 @@ def test_eval_writes_them_and_ddp_writes_the_same(trained, tmp_path):
     base = ["trainer.limit_test_batches=4", f"ckpt_path={metrics['best_ckpt']}"]
     single = evaluate(compose_config("eval", ["trainer=cpu", *base, "data.batch_size=32"], tmp_path / "one"))
     check_per_class(tmp_path / "one", single, images=128)
-    ddp = evaluate(compose_config("eval", ["trainer=ddp_sim", *base, "data.batch_size=16"], tmp_path / "ddp"))
+    ddp = evaluate(compose_config("eval", [*FORKED_DDP, *base, "data.batch_size=16"], tmp_path / "ddp"))
     check_per_class(tmp_path / "ddp", ddp, images=128)
     assert (tmp_path / "ddp" / "per_class.csv").read_text() == (
         tmp_path / "one" / "per_class.csv"
