@@ -39,7 +39,7 @@ def test_eval_reproduces_the_training_runs_test_metrics(trained, tmp_path):
 
 
 def test_eval_cli_writes_metrics_in_its_run_dir(trained, tmp_path, monkeypatch):
-    """``python -m vit_rpe.eval``'s main, in this process (tests/test_predict.py starts a real one)."""
+    """``python -m vit_rpe.eval``'s main in this process (a real start-up: tests/test_packaging.py)."""
     _, metrics = trained
     args = [
         f"ckpt_path={metrics['best_ckpt']}",

@@ -10,8 +10,6 @@ size and normalisation).
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from tests.conftest import FAST, LEARNS, ROOT, compose_config
+from tests.conftest import FAST, LEARNS, compose_config, run_main
 from tests.helpers import pretrained_source
 from vit_rpe.data.synthetic import class_images, write_mnist, write_split_images
 from vit_rpe.eval import evaluate
@@ -137,30 +135,20 @@ def test_any_mode_and_size_is_converted_like_the_training_images(digits_run, tmp
     assert sum(one.probs) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_the_cli_writes_predictions_csv_lists_unreadable_files_and_exits_2(digits_run, tmp_path):
+def test_the_cli_writes_predictions_csv_lists_unreadable_files_and_exits_2(
+    digits_run, tmp_path, monkeypatch, capfd
+):
+    """``python -m vit_rpe.predict``'s main in this process (a real start-up: tests/test_packaging.py)."""
     ckpt, cfg = digits_run
     images = tmp_path / "images"
     labels = write_split_images(instantiate(cfg.data), "test", images, 5)
     (images / "broken.png").write_bytes(b"\x89PNG this is not an image")
     (images / "notes.txt").write_text("not an image extension: not read from a folder")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vit_rpe.predict",
-            f"ckpt_path={ckpt}",
-            f"images={images}",
-            "top_k=2",
-            f"hydra.run.dir={tmp_path}/out",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "300"},  # unwrapped tables
-    )
-    assert done.returncode == EXIT_SOME_FAILED, done.stderr[-2000:]
-    assert "broken.png" in done.stdout and "could not be read" in done.stdout
+    monkeypatch.setenv("COLUMNS", "300")  # unwrapped tables
+    args = [f"ckpt_path={ckpt}", f"images={images}", "top_k=2", f"hydra.run.dir={tmp_path}/out"]
+    assert run_main("vit_rpe.predict", *args, monkeypatch=monkeypatch) == EXIT_SOME_FAILED
+    stdout = capfd.readouterr().out
+    assert "broken.png" in stdout and "could not be read" in stdout
     with (tmp_path / "out" / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "error"]
