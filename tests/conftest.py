@@ -9,9 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import lightning as L
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -43,8 +41,8 @@ for variable in (
     os.environ.setdefault(variable, str(_CACHES / variable.lower()))
 
 # One thread per test process: tests run in parallel (pytest-xdist) on small machines; runs built
-# by the tests take the same (threads: null follows OMP_NUM_THREADS).
-torch.set_num_threads(1)
+# by the tests take the same (threads: null follows OMP_NUM_THREADS). torch, like everything heavy,
+# is imported by the test modules, not here: pytest-xdist's controlling process loads this file too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,6 +68,13 @@ FAST = (
 LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.net.pool=mean")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _confusion_plots_only_where_tested(request, monkeypatch):
     """A run's confusion_matrix.png is half a second of matplotlib, a sixth of a tiny run: only the
@@ -78,25 +83,6 @@ def _confusion_plots_only_where_tested(request, monkeypatch):
         from vit_rpe.callbacks import per_class
 
         monkeypatch.setattr(per_class, "plot_confusion_matrix", lambda confusion, names, path: None)
-
-
-class Crash(L.Callback):
-    """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
-def quiet_trainer(tmp_path: Path, **options) -> L.Trainer:
-    """A CPU Trainer that logs, checkpoints and prints nothing unless ``options`` say so."""
-    quiet = dict(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
-    )
-    return L.Trainer(accelerator="cpu", default_root_dir=tmp_path, **{**quiet, **options})
 
 
 def compose_config(config_name: str, overrides, output_dir: Path, conf_dir: Path = CONF_DIR) -> DictConfig:

@@ -1,6 +1,7 @@
 """Helpers shared by several test modules (no test module imports another): tiny pretrained
-checkpoints written in the libraries' own formats, the command line and sweeps, dense attention
-references, and checks every rotary family must pass."""
+checkpoints written in the libraries' own formats, a quiet Trainer and a simulated crash, the
+command line, sweeps and forked DDP, dense attention references, and checks every rotary family
+must pass. (conftest.py keeps what needs no torch: pytest-xdist's controller loads it too.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import safetensors.torch
 import timm
@@ -69,6 +71,28 @@ def pretrained_source(model: str, folder: Path) -> list[str]:
         "model.net.patch_size=4",
         *sizes,
     ]
+
+
+# --- trainers and callbacks for tests ----------------------------------------------------------------
+
+
+class Crash(L.Callback):
+    """Dies at the start of an epoch, as a killed process would: nothing is saved on the way out."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def quiet_trainer(tmp_path: Path, **options) -> L.Trainer:
+    """A CPU Trainer that logs, checkpoints and prints nothing unless ``options`` say so."""
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return L.Trainer(accelerator="cpu", default_root_dir=tmp_path, **{**quiet, **options})
 
 
 # --- the command line and sweeps ---------------------------------------------------------------------

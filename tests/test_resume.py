@@ -15,8 +15,8 @@ import torch
 from omegaconf import open_dict
 from torch.multiprocessing import ProcessExitedException
 
-from tests.conftest import FAST, Crash, compose_config
-from tests.helpers import recorded_epochs_and_images
+from tests.conftest import FAST, compose_config
+from tests.helpers import Crash, recorded_epochs_and_images
 from vit_rpe.callbacks.last_checkpoint import EXIT_SIGINT, EXIT_SIGTERM
 from vit_rpe.tasks.optim import warmup_cosine
 from vit_rpe.tasks.run_record import STATE_KEY

@@ -14,8 +14,8 @@ import timm
 import torch
 from transformers import AutoImageProcessor, ViTForImageClassification
 
-from tests.conftest import FAST, quiet_trainer
-from tests.helpers import TINY_TIMM, save_tiny_hf_vit
+from tests.conftest import FAST
+from tests.helpers import TINY_TIMM, quiet_trainer, save_tiny_hf_vit
 from vit_rpe.data import DigitsDataModule
 from vit_rpe.models.pretrained import HFViT
 from vit_rpe.tasks import ImageClassifier

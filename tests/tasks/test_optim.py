@@ -9,8 +9,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.conftest import quiet_trainer
-from tests.helpers import TINY_TIMM, save_tiny_hf_vit
+from tests.helpers import TINY_TIMM, quiet_trainer, save_tiny_hf_vit
 from vit_rpe.models import VisionTransformer
 from vit_rpe.models.pretrained import HFViT, TimmBackbone
 from vit_rpe.models.rpe import RPES
