@@ -8,8 +8,9 @@
 - The quickstart, as a user runs it, trains and tests with every rank running the same collectives.
 - A backbone frozen for the whole run or its first epochs stays frozen, and the ranks agree.
 
-The quickstart test runs ddp_sim as users do, spawning its processes (the trainer pickled, the
-results sent back); the others fork them (FORKED_DDP: the same strategy, without the start-up).
+The first test runs ddp_sim as users do, spawning its processes (the trainer pickled, the results
+sent back); the others fork them (FORKED_DDP: the same strategy and collectives, without 12 s of
+imports in each new process).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def test_ddp_sim_matches_one_process(tmp_path):
     ddp = train(
         compose_config(
             "train",
-            [*FORKED_DDP, f"data.batch_size={half}", f"+data.eval_batch_size={half}", *COMMON],
+            ["trainer=ddp_sim", f"data.batch_size={half}", f"+data.eval_batch_size={half}", *COMMON],
             ddp_dir,
         )
     )
@@ -141,11 +142,12 @@ class CollectiveLog(L.Callback):
 
 
 def test_quickstart_under_ddp_sim_with_the_default_callbacks(tmp_path):
-    """``experiment=quickstart trainer=ddp_sim`` as a user runs it, at a tiny model size: the real
-    digits splits (1,258 training images: 629 per rank, the last batch of 21; a test split of 269
-    that the sampler pads to 135 per rank), the resumable loader, a sanity check, every default
-    callback and early stopping. The rich progress bar reduces the epoch's metrics on rank 0 alone
-    (a collective) at the end of each training epoch, where last.ckpt is saved (collectives too).
+    """``experiment=quickstart trainer=ddp_sim`` as a user runs it (its processes forked), at a tiny
+    model size: the real digits splits (1,258 training images: 629 per rank, the last batch of 21;
+    a test split of 269 that the sampler pads to 135 per rank), the resumable loader, a sanity
+    check, every default callback and early stopping. The rich progress bar reduces the epoch's
+    metrics on rank 0 alone (a collective) at the end of each training epoch, where last.ckpt is
+    saved (collectives too).
 
     Every collective must agree in order, dtype and shape on both ranks; the run trains, tests
     and writes metrics.json with its epochs and times."""
@@ -154,7 +156,7 @@ def test_quickstart_under_ddp_sim_with_the_default_callbacks(tmp_path):
         "train",
         [
             "experiment=quickstart",
-            "trainer=ddp_sim",
+            *FORKED_DDP,
             "callbacks=early_stopping",  # the default callbacks and early stopping (a reduction)
             "trainer.max_epochs=2",
             # tiny, and quick to learn: 4 patches of 4x4 pixels

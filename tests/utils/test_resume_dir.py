@@ -56,7 +56,7 @@ def test_resuming_a_finished_run_does_nothing_and_changes_no_file(
 def test_a_finished_run_trains_on_with_more_epochs_also_after_a_second_stop(finished, monkeypatch):
     """max_epochs=3 trains on; killed in epoch 2, the old metrics.json (1 epoch) does not make the
     run look finished: resumed again, it ends at 3 epochs."""
-    fault = "+callbacks.fault={_target_:tests.conftest.Crash,epoch:2}"
+    fault = "+callbacks.fault={_target_:tests.helpers.Crash,epoch:2}"
     code = run_train_main(f"resume_dir={finished}", "trainer.max_epochs=3", fault, monkeypatch=monkeypatch)
     assert code == 1
     assert json.loads((finished / "metrics.json").read_text())["epochs"] == 1  # the first run's
