@@ -120,7 +120,7 @@ def test_a_study_runs_as_one_multirun_and_reports_its_seed_groups(tmp_path, monk
     folder = write_mnist(tmp_path / "mnist", images[:60], labels[:60], images[60:], labels[60:])
     sweep = tmp_path / "sweep"
     tiny = (f"data.data_dir={folder}", "data.val_size=20", "data.batch_size=16", "model.net.embed_dim=16")
-    narrowed = ("rpe=none,rope", "seed=1,2")  # 8 jobs of the study's 18
+    narrowed = ("rpe=none,rope", "seed=1,2")  # 8 jobs of the study's 18: 2 x 2 arms, 2 seeds each
     code = run_train_main(
         "-m",
         f"experiment={study}",
