@@ -70,6 +70,7 @@ LEARNS = ("model.optimizer.lr=1e-2", "model.scheduler.warmup_epochs=0", "model.n
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
+    """One torch thread in each worker, also where OMP_NUM_THREADS was already set otherwise."""
     import torch
 
     torch.set_num_threads(1)
