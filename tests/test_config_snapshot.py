@@ -62,7 +62,21 @@ def flat(config: dict) -> dict:
 COMBINATIONS = combinations()
 
 
-@pytest.mark.parametrize("label", list(COMBINATIONS))
+def in_default_tests(label: str) -> bool:
+    """The defaults, every experiment and the from-scratch models with each RPE are checked by
+    ``make test``; the grids of data x model, data x network and the rest (two thirds of the
+    compositions, a third of a second each) by ``make test-full``."""
+    overrides = COMBINATIONS[label]
+    return not overrides or overrides[0].startswith(("experiment=", "model="))
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        pytest.param(label, marks=() if in_default_tests(label) else pytest.mark.slow)
+        for label in COMBINATIONS
+    ],
+)
 def test_composed_config_matches_the_snapshot(label):
     # one composition a test, not all of them in a shared fixture: each pytest worker would compose all
     composed = compose_all({label: [renamed(o) for o in COMBINATIONS[label]]})[label]
